@@ -1,0 +1,19 @@
+"""mmgpt: build a GPT-4V-style multimodal language model from scratch.
+
+Each module is one idea of the book, and the chapter that builds it checks it against PyTorch:
+
+=================  ==========================================  =========
+module             what it holds                                chapter
+=================  ==========================================  =========
+``mmgpt.conv``     2-D convolution (``conv2d``, ``Conv2d``)      01
+``mmgpt.utils``    seeding, device choice, autocast dtype       all
+``mmgpt.book``     helpers for reading the book (show_source)   all
+=================  ==========================================  =========
+"""
+from . import book, conv, utils
+from .book import show_source
+from .utils import get_device, seed_everything, setup
+
+__version__ = "0.1.0"
+
+__all__ = ["book", "conv", "utils", "show_source", "setup", "seed_everything", "get_device", "__version__"]

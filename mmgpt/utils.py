@@ -1,0 +1,74 @@
+"""One place for the chores every chapter shares: seeding, device choice, autocast dtype.
+
+The set-up cell at the top of each chapter calls :func:`setup`, which uses the other three.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["seed_everything", "get_device", "autocast_dtype", "setup"]
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python's, NumPy's and PyTorch's random number generators (all devices)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Pick the best available device: CUDA, then Apple's MPS, then the CPU.
+
+    ``prefer`` (or the environment variable ``MMGPT_DEVICE``) forces a choice, e.g. ``"cpu"``.
+    """
+    prefer = prefer or os.environ.get("MMGPT_DEVICE")
+    if prefer:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {prefer!r} was asked for, but CUDA is not available here")
+        if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise RuntimeError(f"device {prefer!r} was asked for, but MPS is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The reduced-precision dtype to train in on ``device``, or ``None`` for plain fp32.
+
+    bf16 where the GPU supports it (Ampere and newer), fp16 on older GPUs such as Colab's T4
+    (use it with a gradient scaler), and fp32 on the CPU and MPS.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> torch.device:
+    """Seed everything, pick the device and print one line saying what was chosen.
+
+    Returns the device, so a chapter starts with ``device = mmgpt.setup()``.
+    """
+    from . import __version__
+
+    seed_everything(seed)
+    chosen = get_device(device)
+    try:  # crisp, reasonably sized figures in notebooks and in the book
+        import matplotlib as mpl
+
+        mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "figure.figsize": (6.4, 3.6)})
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        pass
+    if not quiet:
+        print(f"mmgpt {__version__} | torch {torch.__version__} | device: {chosen.type} | seed: {seed}")
+    return chosen

@@ -1,0 +1,102 @@
+"""Authoring tools for the chapter notebooks.
+
+    python tools/notebooks.py setup-cells      # write the shared set-up cell into every chapter
+    python tools/notebooks.py execute [NB...]  # re-run chapters in place, saving outputs + widget state
+
+The set-up cell is generated from one template, with the repository URL read from
+``_config.yml`` (the one place that names it); ``tests/test_book.py`` checks every chapter
+still carries it unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import nbformat
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+SETUP_TEMPLATE = '''\
+# Set-up, the same in every chapter: install mmgpt if it is missing (e.g. in Colab),
+# then seed every random generator and pick the device (CUDA, then Apple MPS, then CPU).
+import os
+try:
+    import mmgpt
+except ImportError:
+    %pip install --quiet {{os.environ.get("MMGPT_SOURCE", "git+{url}")}}
+    import mmgpt
+device = mmgpt.setup(seed=0)'''
+
+# Its output names the torch version and the device, which differ between machines.
+SETUP_TAGS = ["nbval-ignore-output", "setup"]
+
+
+def repository_url() -> str:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    return config["repository"]["url"].rstrip("/")
+
+
+def setup_source() -> str:
+    return SETUP_TEMPLATE.format(url=repository_url())
+
+
+def chapter_paths(names=()) -> list[pathlib.Path]:
+    if names:
+        return [pathlib.Path(n).resolve() for n in names]
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def first_code_cell(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            return cell
+    return None
+
+
+def write_setup_cells() -> None:
+    source = setup_source()
+    for path in chapter_paths():
+        nb = nbformat.read(path, as_version=4)
+        cell = first_code_cell(nb)
+        if cell is None or "setup" not in cell.metadata.get("tags", []):
+            cell = nbformat.v4.new_code_cell(source)
+            nb.cells.insert(1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0, cell)
+        cell.source = source
+        cell.metadata["tags"] = list(SETUP_TAGS)
+        nbformat.write(nb, path)
+        print(f"set-up cell written: {path.relative_to(ROOT)}")
+
+
+def execute(paths) -> None:
+    from nbclient import NotebookClient
+
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        start = time.perf_counter()
+        client = NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+        nbformat.write(nb, path)
+        print(f"executed {path.relative_to(ROOT)} in {time.perf_counter() - start:.1f} s")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup-cells", help="write the shared set-up cell into every chapter")
+    run = sub.add_parser("execute", help="re-run chapters in place (all by default)")
+    run.add_argument("notebooks", nargs="*")
+    args = parser.parse_args(argv)
+    if args.command == "setup-cells":
+        write_setup_cells()
+    else:
+        execute(chapter_paths(args.notebooks))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
