@@ -60,17 +60,17 @@ def pipeline_diagram(highlight: str | None = None, ax=None):
     if highlight is not None and highlight not in keys:
         raise ValueError(f"pipeline_diagram: highlight must be one of {keys}, got {highlight!r}")
     if ax is None:
-        fig, ax = plt.subplots(figsize=(10, 1.6))
+        fig, ax = plt.subplots(figsize=(11, 1.5))
     else:
         fig = ax.figure
-    width, gap = 1.0, 0.32
+    width, gap = 1.3, 0.3
     for i, (label, chapters, key) in enumerate(PIPELINE):
         x = i * (width + gap)
         on = key == highlight
         face = "#f4a261" if on else ("#dbe9f6" if key in ("image", "text") else "#eeeeee")
         ax.add_patch(FancyBboxPatch((x, 0), width, 1, boxstyle="round,pad=0.02,rounding_size=0.08",
                                     facecolor=face, edgecolor="#333333", linewidth=2 if on else 1))
-        ax.text(x + width / 2, 0.58, label, ha="center", va="center", fontsize=8.5,
+        ax.text(x + width / 2, 0.58, label, ha="center", va="center", fontsize=8,
                 fontweight="bold" if on else "normal")
         if chapters:
             ax.text(x + width / 2, 0.13, f"ch. {chapters}", ha="center", va="center", fontsize=7, color="#555555")

@@ -71,6 +71,21 @@ def write_setup_cells() -> None:
         print(f"set-up cell written: {path.relative_to(ROOT)}")
 
 
+def scrub_machine_paths(nb) -> None:
+    """Make paths in stored outputs (e.g. tracebacks) repo-relative: readers have other machines."""
+    import json
+    import re
+
+    site = re.compile(r"(/[^\s'\"]+?)?/(lib|Lib)/python[0-9.]*/site-packages/")
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        text = json.dumps(cell.outputs)
+        text = text.replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
+        text = site.sub("<site-packages>/", text)
+        cell.outputs = nbformat.from_dict(json.loads(text))
+
+
 def execute(paths) -> None:
     from nbclient import NotebookClient
 
@@ -80,6 +95,7 @@ def execute(paths) -> None:
         client = NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
                                 resources={"metadata": {"path": str(path.parent)}})
         client.execute()
+        scrub_machine_paths(nb)
         nbformat.write(nb, path)
         print(f"executed {path.relative_to(ROOT)} in {time.perf_counter() - start:.1f} s")
 
