@@ -16,7 +16,7 @@ STAMP      := $(VENV)/.installed
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300 -p no:cacheprovider
 BOOK_OPTS  := -W -n --keep-going --builder html
 
-.PHONY: book book-offline test test-package test-notebooks execute setup-cells venv clean
+.PHONY: book book-offline test test-package test-notebooks execute setup-cells figures venv clean
 
 venv: $(STAMP)
 
@@ -52,3 +52,6 @@ setup-cells: $(STAMP)
 
 clean:
 	rm -rf _build
+
+figures: $(STAMP)
+	$(BIN)/python tools/make_figures.py

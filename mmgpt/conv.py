@@ -73,13 +73,17 @@ def im2col(x: torch.Tensor, kernel_size: IntPair, dilation: IntPair = 1, padding
            stride: IntPair = 1) -> torch.Tensor:
     """Cut every (dilated) ``kernel_size`` window out of ``x`` and lay it out as a column.
 
-    ``x`` is ``(B, C, H, W)``; the result is ``(B, C*kh*kw, L)`` with ``L = H_out*W_out`` windows,
-    ordered channel-major inside a column and row-major over windows: exactly ``F.unfold``.
+    ``x`` is ``(B, C, H, W)`` (or unbatched ``(C, H, W)``); the result is ``(B, C*kh*kw, L)``
+    (or ``(C*kh*kw, L)``) with ``L = H_out*W_out`` windows, ordered channel-major inside a column
+    and row-major over windows: exactly ``F.unfold``.
     Built from strided views (``Tensor.unfold``), so no Python loop touches the pixels.
     """
     fn = "im2col"
+    if x.dim() == 3:
+        return im2col(x.unsqueeze(0), kernel_size, dilation, padding, stride).squeeze(0)
     if x.dim() != 4:
-        raise ValueError(f"{fn}: x must be 4-D (batch, channels, height, width), got shape {tuple(x.shape)}")
+        raise ValueError(f"{fn}: x must be 4-D (batch, channels, height, width) or 3-D (channels, height, width), "
+                         f"got shape {tuple(x.shape)}")
     kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
     dh, dw = _pair(dilation, "dilation", fn, 1)
     ph, pw = _pair(padding, "padding", fn, 0)
