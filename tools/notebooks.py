@@ -72,18 +72,27 @@ def write_setup_cells() -> None:
 
 
 def scrub_machine_paths(nb) -> None:
-    """Make paths in stored outputs (e.g. tracebacks) repo-relative: readers have other machines."""
-    import json
+    """Make paths in stored text outputs (tracebacks, printed text) repo-relative.
+
+    Readers have other machines; images and widget data are left alone.
+    """
     import re
 
-    site = re.compile(r"(/[^\s'\"]+?)?/(lib|Lib)/python[0-9.]*/site-packages/")
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        text = json.dumps(cell.outputs)
+    site = re.compile(r"/[^\s'\"]*?/(lib|Lib)/python[0-9.]*/site-packages/")
+
+    def scrub(text: str) -> str:
         text = text.replace(str(ROOT) + "/", "").replace(sys.prefix + "/", "")
-        text = site.sub("<site-packages>/", text)
-        cell.outputs = nbformat.from_dict(json.loads(text))
+        return site.sub("<site-packages>/", text)
+
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                output.traceback = [scrub(line) for line in output.traceback]
+                output.evalue = scrub(output.evalue)
+            elif output.output_type == "stream":
+                output.text = scrub(output.text)
+            elif "text/plain" in output.get("data", {}):
+                output.data["text/plain"] = scrub(output.data["text/plain"])
 
 
 def execute(paths) -> None:
