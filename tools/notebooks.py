@@ -21,13 +21,15 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 SETUP_TEMPLATE = '''\
-# Set-up, the same in every chapter: install mmgpt if it is missing (e.g. in Colab),
-# then seed every random generator and pick the device (CUDA, then Apple MPS, then CPU).
+# Set-up, the same in every chapter: install mmgpt if it is missing
+# (e.g. in Colab), seed every random generator, pick the device.
 import os
+REPO = "{url}"
 try:
     import mmgpt
-except ImportError:
-    %pip install --quiet {{os.environ.get("MMGPT_SOURCE", "git+{url}")}}
+except ImportError:  # MMGPT_SOURCE may name a local checkout instead
+    source = os.environ.get("MMGPT_SOURCE", f"git+{{REPO}}")
+    %pip install --quiet {{source}}
     import mmgpt
 device = mmgpt.setup(seed=0)'''
 
