@@ -74,7 +74,7 @@ def test_chapter_is_clean_executed_and_light(path):
             if output.output_type == "stream" and output.name == "stderr":
                 assert "Warning" not in output.text, f"{path.name}: cell {index} stores a warning: {output.text[:200]}"
         if cell.source.lstrip().startswith("# @title Solution"):
-            assert "hide-input" in tags, f"{path.name}: solution cell {index} must be tagged hide-input"
+            assert "hide-cell" in tags, f"{path.name}: solution cell {index} must be tagged hide-cell (hides code and answer)"
     uses_widgets = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for c in code for o in c.outputs)
     if uses_widgets:
         state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
