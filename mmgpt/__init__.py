@@ -2,18 +2,33 @@
 
 Each module is one idea of the book, and the chapter that builds it checks it against PyTorch:
 
-=================  ==========================================  =========
-module             what it holds                                chapter
-=================  ==========================================  =========
-``mmgpt.conv``     2-D convolution (``conv2d``, ``Conv2d``)      01
-``mmgpt.utils``    seeding, device choice, autocast dtype       all
-``mmgpt.book``     helpers for reading the book (show_source)   all
-=================  ==========================================  =========
+===================  ===================================================  =========
+module               what it holds                                        chapter
+===================  ===================================================  =========
+``mmgpt.conv``       2-D convolution (``conv2d``, ``Conv2d``)               01
+``mmgpt.pooling``    max, average and adaptive average pooling             02
+``mmgpt.cnn``        ``ResidualBlock``, ``SmallCNN``, ``receptive_field``   02
+``mmgpt.patches``    patch sequences, ``PatchEmbed``, position embeddings  03
+``mmgpt.utils``      seeding, device choice, autocast dtype                all
+``mmgpt.book``       helpers for reading the book (show_source)            all
+===================  ===================================================  =========
 """
-from . import book, conv, utils
+from . import book, cnn, conv, patches, pooling, utils
 from .book import show_source
 from .utils import get_device, seed_everything, setup
 
 __version__ = "0.1.0"
 
-__all__ = ["book", "conv", "utils", "show_source", "setup", "seed_everything", "get_device", "__version__"]
+__all__ = [
+    "book",
+    "cnn",
+    "conv",
+    "patches",
+    "pooling",
+    "utils",
+    "show_source",
+    "setup",
+    "seed_everything",
+    "get_device",
+    "__version__",
+]

@@ -21,6 +21,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import as_pair, assert_close, fmt, leaf
 from torch import nn
 
 from mmgpt.conv import Conv2d, conv2d, conv_output_size, im2col
@@ -29,26 +30,13 @@ DTYPE = torch.float64
 ATOL = 1e-10  # float64 round-off on these sizes is ~1e-14; an indexing bug is O(1)
 ERRORS = (ValueError, TypeError)
 
+
 # F.conv2d warns that it copies the input for padding="same" with even kernels; that is expected.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 
 
-def _fmt(value) -> str:
-    """Compact, -k friendly text for an argument: (2, 3) -> '2x3', 'same' -> 'same'."""
-    if isinstance(value, tuple):
-        return "x".join(str(v) for v in value)
-    return str(value)
-
-
-def _as_pair(value):
-    return tuple(value) if isinstance(value, tuple) else (value, value)
-
-
 def _assert_close(actual, expected, what: str, atol: float = ATOL) -> None:
-    assert actual is not None, f"{what} is None (no gradient reached it)"
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    torch.testing.assert_close(actual, expected, rtol=0, atol=atol, msg=lambda m: f"{what}: {m}")
+    assert_close(actual, expected, what, atol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +64,7 @@ def _draw_conv_configs(n: int, seed: int) -> list[dict]:
         else:
             stride = (rng.randint(1, 3), rng.randint(1, 3))
         dilation = rng.randint(1, 3) if rng.random() < 0.6 else (rng.randint(1, 3), rng.randint(1, 3))
-        kinds = ["int", "tuple", "valid"] + (["same", "same"] if _as_pair(stride) == (1, 1) else [])
+        kinds = ["int", "tuple", "valid"] + (["same", "same"] if as_pair(stride) == (1, 1) else [])
         kind = rng.choice(kinds)
         if kind == "int":
             padding = rng.randint(0, 3)
@@ -84,8 +72,8 @@ def _draw_conv_configs(n: int, seed: int) -> list[dict]:
             padding = (rng.randint(0, 3), rng.randint(0, 3))
         else:
             padding = kind
-        ph, pw = _as_pair(padding) if not isinstance(padding, str) else (0, 0)
-        dh, dw = _as_pair(dilation)
+        ph, pw = as_pair(padding) if not isinstance(padding, str) else (0, 0)
+        dh, dw = as_pair(dilation)
         span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
         # Smallest size that still gives a non-empty output ("same" pads so anything >= 1 works).
         min_h = 1 if padding == "same" else max(1, span_h - 2 * ph)
@@ -101,9 +89,9 @@ def _draw_conv_configs(n: int, seed: int) -> list[dict]:
 
 def _conv_id(cfg: dict) -> str:
     return (f"{cfg['index']}-b{cfg['batch'] if cfg['batch'] is not None else 'none'}"
-            f"-c{cfg['c_in']}to{cfg['c_out']}-g{cfg['groups']}-k{_fmt(cfg['kernel'])}"
-            f"-s{_fmt(cfg['stride'])}-p{_fmt(cfg['padding'])}-d{_fmt(cfg['dilation'])}"
-            f"-in{_fmt(cfg['size'])}-{'bias' if cfg['bias'] else 'nobias'}")
+            f"-c{cfg['c_in']}to{cfg['c_out']}-g{cfg['groups']}-k{fmt(cfg['kernel'])}"
+            f"-s{fmt(cfg['stride'])}-p{fmt(cfg['padding'])}-d{fmt(cfg['dilation'])}"
+            f"-in{fmt(cfg['size'])}-{'bias' if cfg['bias'] else 'nobias'}")
 
 
 CONV_CONFIGS = _draw_conv_configs(240, seed=20240611)
@@ -119,14 +107,10 @@ def _make_tensors(cfg: dict, seed: int, dtype=DTYPE):
     return g, x, weight, bias
 
 
-def _leaf(t):
-    return None if t is None else t.detach().clone().requires_grad_(True)
-
-
 def _compare_conv2d(cfg: dict, x, weight, bias, g, atol=ATOL) -> None:
     kwargs = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"])
-    ours_in = [_leaf(x), _leaf(weight), _leaf(bias)]
-    ref_in = [_leaf(x), _leaf(weight), _leaf(bias)]
+    ours_in = [leaf(x), leaf(weight), leaf(bias)]
+    ref_in = [leaf(x), leaf(weight), leaf(bias)]
     out = conv2d(ours_in[0], ours_in[1], ours_in[2], **kwargs)
     ref = F.conv2d(ref_in[0], ref_in[1], ref_in[2], **kwargs)
     _assert_close(out, ref, "output", atol)
@@ -151,7 +135,7 @@ def test_random_configs_cover_every_feature():
         return any(pred(c) for c in CONV_CONFIGS)
 
     def pair(c, key):
-        return _as_pair(c[key])
+        return as_pair(c[key])
 
     checks = {
         "unbatched 3-D input": any_(lambda c: c["batch"] is None),
@@ -248,7 +232,7 @@ SAME_CASES = [
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
 @pytest.mark.parametrize("case", list(enumerate(SAME_CASES)),
-                         ids=[f"k{_fmt(k)}-d{_fmt(d)}-in{_fmt(s)}" for k, d, s in SAME_CASES])
+                         ids=[f"k{fmt(k)}-d{fmt(d)}-in{fmt(s)}" for k, d, s in SAME_CASES])
 def test_padding_same_even_kernels_and_dilation(case, batched):
     index, (kernel, dilation, size) = case
     cfg = dict(index=index, batch=2 if batched else None, c_in=2, c_out=3, groups=1, kernel=kernel,
@@ -295,7 +279,7 @@ def _draw_unfold_configs(n: int, seed: int) -> list[dict]:
     configs = []
     for index in range(n):
         kernel, dilation, padding, stride = int_or_pair(1, 4), int_or_pair(1, 3), int_or_pair(0, 2), int_or_pair(1, 3)
-        (kh, kw), (dh, dw), (ph, pw) = _as_pair(kernel), _as_pair(dilation), _as_pair(padding)
+        (kh, kw), (dh, dw), (ph, pw) = as_pair(kernel), as_pair(dilation), as_pair(padding)
         min_h, min_w = max(1, dh * (kh - 1) + 1 - 2 * ph), max(1, dw * (kw - 1) + 1 - 2 * pw)
         configs.append(dict(index=index, batch=rng.randint(1, 3), channels=rng.randint(1, 4),
                             size=(rng.randint(min_h, min_h + 6), rng.randint(min_w, min_w + 6)),
@@ -307,8 +291,8 @@ UNFOLD_CONFIGS = _draw_unfold_configs(100, seed=77)
 
 
 def _unfold_id(c: dict) -> str:
-    return (f"{c['index']}-b{c['batch']}-c{c['channels']}-in{_fmt(c['size'])}-k{_fmt(c['kernel'])}"
-            f"-d{_fmt(c['dilation'])}-p{_fmt(c['padding'])}-s{_fmt(c['stride'])}")
+    return (f"{c['index']}-b{c['batch']}-c{c['channels']}-in{fmt(c['size'])}-k{fmt(c['kernel'])}"
+            f"-d{fmt(c['dilation'])}-p{fmt(c['padding'])}-s{fmt(c['stride'])}")
 
 
 @pytest.mark.parametrize("cfg", UNFOLD_CONFIGS, ids=_unfold_id)
@@ -316,7 +300,7 @@ def test_im2col_matches_unfold(cfg):
     g = torch.Generator().manual_seed(cfg["index"])
     x = torch.randn(cfg["batch"], cfg["channels"], *cfg["size"], generator=g, dtype=DTYPE)
     args = (cfg["kernel"], cfg["dilation"], cfg["padding"], cfg["stride"])
-    ours_x, ref_x = _leaf(x), _leaf(x)
+    ours_x, ref_x = leaf(x), leaf(x)
     cols, ref = im2col(ours_x, *args), F.unfold(ref_x, *args)
     assert cols.shape == ref.shape
     assert torch.equal(cols, ref)  # a pure gather: exactly equal
@@ -422,7 +406,7 @@ INIT_CASES = [
 
 
 def _init_id(kwargs: dict) -> str:
-    return "-".join(f"{k}={_fmt(v)}" for k, v in kwargs.items())
+    return "-".join(f"{k}={fmt(v)}" for k, v in kwargs.items())
 
 
 @pytest.mark.parametrize("kwargs", INIT_CASES, ids=_init_id)
@@ -498,7 +482,7 @@ MODULE_PARAMS = [(mode, case) for mode in ("zeros", "reflect", "replicate", "cir
 
 def _module_id(param) -> str:
     mode, case = param
-    return mode + "-" + "-".join(f"{k}={_fmt(v)}" for k, v in case.items())
+    return mode + "-" + "-".join(f"{k}={fmt(v)}" for k, v in case.items())
 
 
 @pytest.mark.parametrize("mode,case", MODULE_PARAMS, ids=[_module_id(p) for p in MODULE_PARAMS])
@@ -516,7 +500,7 @@ def test_Conv2d_forward_backward_matches_nn_Conv2d(mode, case):
         with torch.no_grad():
             ref.bias.normal_(generator=g)
             ours.bias.copy_(ref.bias)
-    ours_x, ref_x = _leaf(x), _leaf(x)
+    ours_x, ref_x = leaf(x), leaf(x)
     out, expected = ours(ours_x), ref(ref_x)
     _assert_close(out, expected, "output")
     upstream = torch.randn(expected.shape, generator=g, dtype=DTYPE)

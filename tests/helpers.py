@@ -1,0 +1,31 @@
+"""Small helpers shared by the package tests (imported as ``from helpers import ...``;
+pytest puts ``tests/`` on ``sys.path`` because the folder has no ``__init__.py``)."""
+from __future__ import annotations
+
+import torch
+
+
+def fmt(value) -> str:
+    """Compact, -k friendly text for an argument: (2, 3) -> '2x3', 'same' -> 'same'."""
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def as_pair(value):
+    """(a, b) stays (a, b); a single value v becomes (v, v)."""
+    return tuple(value) if isinstance(value, tuple) else (value, value)
+
+
+def leaf(t):
+    """A fresh copy of ``t`` that collects its own gradient (``None`` stays ``None``)."""
+    return None if t is None else t.detach().clone().requires_grad_(True)
+
+
+def assert_close(actual, expected, what: str, atol: float, equal_nan: bool = False) -> None:
+    """Same shape, same dtype, and equal within ``atol`` (no relative slack), or say which."""
+    assert actual is not None, f"{what} is None (no gradient reached it)"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol, equal_nan=equal_nan,
+                               msg=lambda m: f"{what}: {m}")
