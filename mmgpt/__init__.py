@@ -9,20 +9,25 @@ module               what it holds                                        chapte
 ``mmgpt.pooling``    max, average and adaptive average pooling             02
 ``mmgpt.cnn``        ``ResidualBlock``, ``SmallCNN``, ``receptive_field``   02
 ``mmgpt.patches``    patch sequences, ``PatchEmbed``, position embeddings  03
+``mmgpt.data``       shapes scenes, digit strings, your own folder;       04
+                     batching, baselines
+``mmgpt.attention``  attention, masks, ``MultiHeadAttention``, KV cache  05-06
 ``mmgpt.utils``      seeding, device choice, autocast dtype                all
 ``mmgpt.book``       helpers for reading the book (show_source)            all
 ===================  ===================================================  =========
 """
-from . import book, cnn, conv, patches, pooling, utils
+from . import attention, book, cnn, conv, data, patches, pooling, utils
 from .book import show_source
 from .utils import get_device, seed_everything, setup
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention",
     "book",
     "cnn",
     "conv",
+    "data",
     "patches",
     "pooling",
     "utils",

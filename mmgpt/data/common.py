@@ -1,0 +1,115 @@
+"""What the book's datasets share: a tiny portable random generator, number words, checks.
+
+Every synthetic sample is a pure function of ``(seed, split, index)``: it gets its own
+:class:`Rng`, seeded from those three numbers, so ``ds[i]`` never depends on which samples
+were made before it (index-addressable, and identical in every DataLoader worker).
+
+:class:`Rng` draws everything from Python's ``random.Random(seed).random()``, the one stream
+the Python documentation promises never to change between versions; NumPy's generators
+make no such promise for their derived methods. So a scene's description is the same on
+every machine and Python version; its pixels are the same wherever Pillow draws the same.
+"""
+from __future__ import annotations
+
+import random
+from typing import List, MutableSequence, Sequence, Tuple, TypeVar
+
+from PIL import Image
+
+__all__ = ["Rng", "NUMBER_WORDS", "BILINEAR", "SPLITS", "sample_seed", "check_split",
+           "check_length", "check_seed", "check_range", "check_index"]
+
+T = TypeVar("T")
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                "ten")
+SPLITS = ("train", "test", "heldout")
+BILINEAR = getattr(Image, "Resampling", Image).BILINEAR  # Pillow >= 9.1 has Image.Resampling
+
+
+class Rng:
+    """A small random generator built only on ``random.Random(seed).random()``.
+
+    ``int(u * n)`` with ``u`` uniform in ``[0, 1)`` picks ``0..n-1``; the bias is far below
+    anything a dataset of this size could show.
+    """
+
+    __slots__ = ("random",)
+
+    def __init__(self, seed: int):
+        self.random = random.Random(seed).random
+
+    def below(self, n: int) -> int:
+        """A uniform int in ``0..n-1``."""
+        return int(self.random() * n)
+
+    def integers(self, low: int, high: int) -> int:
+        """A uniform int in ``low..high`` (both included)."""
+        return low + int(self.random() * (high - low + 1))
+
+    def choice(self, seq: Sequence[T]) -> T:
+        return seq[int(self.random() * len(seq))]
+
+    def shuffle(self, seq: MutableSequence) -> None:
+        """Fisher-Yates, in place."""
+        for i in range(len(seq) - 1, 0, -1):
+            j = int(self.random() * (i + 1))
+            seq[i], seq[j] = seq[j], seq[i]
+
+    def sample(self, seq: Sequence[T], k: int) -> List[T]:
+        """``k`` distinct elements, in random order."""
+        pool = list(seq)
+        for i in range(k):
+            j = i + int(self.random() * (len(pool) - i))
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
+
+
+def sample_seed(dataset_tag: int, seed: int, split: str, index: int) -> int:
+    """The seed of sample ``index``: distinct for every (dataset, seed, split, index)."""
+    return (((dataset_tag << 32) + seed) * 4 + SPLITS.index(split)) << 40 | index
+
+
+def check_split(split, allowed: Tuple[str, ...], owner: str) -> str:
+    if split not in allowed:
+        raise ValueError(f"{owner}: split must be one of {allowed}, got {split!r}")
+    return split
+
+
+def check_length(length, owner: str) -> int:
+    if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length < 2**40:
+        raise ValueError(f"{owner}: length must be a non-negative int (below 2**40), "
+                         f"got {length!r}")
+    return length
+
+
+def check_seed(seed, owner: str) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"{owner}: seed must be an int in 0..2**32-1, got {seed!r}")
+    return seed
+
+
+def check_range(value, name: str, owner: str, low: int, high: int) -> Tuple[int, int]:
+    """An int or an inclusive ``(min, max)`` pair, both within ``low..high``."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    ok = (isinstance(pair, (tuple, list)) and len(pair) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+          and low <= pair[0] <= pair[1] <= high)
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be an int or a (min, max) pair with "
+                         f"{low} <= min <= max <= {high}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_index(index, length: int, owner: str) -> int:
+    """Sequence-style indexing: negative indices count from the end; IndexError past it."""
+    if not isinstance(index, int) or isinstance(index, bool):
+        try:  # numpy and torch integer scalars
+            index = int(index.__index__())
+        except (AttributeError, TypeError):
+            raise TypeError(f"{owner}: index must be an int, got {type(index).__name__}") from None
+    if index < 0:
+        index += length
+    if not 0 <= index < length:
+        raise IndexError(f"{owner}: index out of range for a dataset of length {length}")
+    return index
