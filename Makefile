@@ -16,7 +16,7 @@ STAMP      := $(VENV)/.installed
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300 -p no:cacheprovider
 BOOK_OPTS  := -W -n --keep-going --builder html
 
-.PHONY: book book-offline test test-package test-notebooks execute setup-cells figures venv clean
+.PHONY: book book-offline test test-package test-notebooks test-browser test-fresh-env execute setup-cells figures venv clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,13 @@ test-package: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(BIN)/python -m pytest $(NBVAL_OPTS) notebooks
+
+# Parts of test-package, on their own: the offline book in a real browser, and the Colab path.
+test-browser: book-offline
+	MMGPT_BOOK_HTML=_build/offline/_build/html $(BIN)/python -m pytest tests/test_browser.py -p no:cacheprovider
+
+test-fresh-env: $(STAMP)
+	$(BIN)/python -m pytest tests/test_fresh_env.py -p no:cacheprovider
 
 execute: $(STAMP)
 	$(BIN)/python tools/notebooks.py execute $(NB)

@@ -9,6 +9,7 @@ module               what it holds                                        chapte
 ``mmgpt.pooling``    max, average and adaptive average pooling             02
 ``mmgpt.cnn``        ``ResidualBlock``, ``SmallCNN``, ``receptive_field``   02
 ``mmgpt.patches``    patch sequences, ``PatchEmbed``, position embeddings  03
+``mmgpt.tokenizer``  byte-level BPE tokenizer with special tokens         04
 ``mmgpt.data``       shapes scenes, digit strings, your own folder;       04
                      batching, baselines
 ``mmgpt.attention``  attention, masks, ``MultiHeadAttention``, KV cache  05-06
@@ -16,7 +17,7 @@ module               what it holds                                        chapte
 ``mmgpt.book``       helpers for reading the book (show_source)            all
 ===================  ===================================================  =========
 """
-from . import attention, book, cnn, conv, data, patches, pooling, utils
+from . import attention, book, cnn, conv, data, patches, pooling, tokenizer, utils
 from .book import show_source
 from .utils import get_device, seed_everything, setup
 
@@ -30,6 +31,7 @@ __all__ = [
     "data",
     "patches",
     "pooling",
+    "tokenizer",
     "utils",
     "show_source",
     "setup",

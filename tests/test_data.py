@@ -637,8 +637,9 @@ def test_collate_layout_and_masks():
 
 
 def test_collate_with_the_real_tokenizer():
-    tokenizer = pytest.importorskip("mmgpt.tokenizer")
-    tok = tokenizer.BPETokenizer.train(caption_corpus(600), vocab_size=300)
+    from mmgpt.tokenizer import BPETokenizer
+
+    tok = BPETokenizer.train(caption_corpus(600), vocab_size=300)
     samples = [ShapesDataset("test", 6)[i] for i in range(6)]
     batch = collate(samples, tok)
     _check_batch(batch, samples, tok)

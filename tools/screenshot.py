@@ -13,6 +13,8 @@ taken. ``--offline`` makes every host name except localhost unresolvable
 it contacted; ``--dump-dom`` saves the DOM after the scripts ran (a second run), to check
 e.g. for MathJax's ``mjx-container`` elements and the widgets' ``widget-slider`` classes.
 Standard library only; needs ``chromium`` (``apt-get install chromium``) or ``--chromium PATH``.
+To check every page of a build at once (JavaScript errors, images, math, widgets, links, launch
+buttons), use ``tools/check_book.py``.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ git-ignored folder ``.book-offline-assets/``, so the built pages render with no 
 
 myst-nb reads ``nb_ipywidgets_js`` in ``builder-inited`` (``create_mystnb_config``) and
 Sphinx reads ``mathjax_path`` per page, so setting them in ``config-inited`` is early enough.
-Without the variable the extension changes nothing.
+Without the variable the offline part changes nothing. In both builds the extension also repairs
+two script problems a browser reports (see ``fix_page_scripts``) and sets the theme's default mode.
 """
 from __future__ import annotations
 
@@ -149,6 +150,60 @@ def widgets_paths_per_page(embed_amd: str, cdn_dir: str):
     return handler
 
 
+# ipywidgets' html-manager (1.0.x) typesets widget text with MathJax 2's API whenever a global
+# ``MathJax`` exists: ``MathJax.Hub.Queue(["Typeset", MathJax.Hub, el])``. The book loads MathJax 3,
+# which has no ``Hub``, so every Label/HTML widget threw "Cannot read properties of undefined
+# (reading 'Queue')". This shim, run once MathJax 3 (a deferred script) is in place and before the
+# widgets render (on load, asynchronously), maps that call onto MathJax 3's typesetPromise.
+MATHJAX2_SHIM = """document.addEventListener("DOMContentLoaded", function () {
+  var mj = window.MathJax;
+  if (!mj || mj.Hub || typeof mj.version !== "string" || mj.version.charAt(0) !== "3") return;
+  mj.Hub = {Queue: function () {
+    Array.prototype.forEach.call(arguments, function (job) {
+      if (Array.isArray(job) && job[0] === "Typeset" && job[2]) {
+        Promise.resolve(mj.startup && mj.startup.promise).then(function () {
+          return mj.typesetPromise && mj.typesetPromise([job[2]]);
+        });
+      }
+    });
+  }};
+});"""
+
+
+def fix_page_scripts(app, pagename, templatename, context, doctree) -> None:
+    """html-page-context: repair two script problems that showed as console errors in a browser.
+
+    * Inline scripts added twice: sphinx-thebe adds its ``const THEBE_JS_URL = ...`` body with
+      ``app.add_js_file(None, body=...)`` after the builder started; Sphinx 7.4 keeps it once with
+      filename None and re-adds it from its registry with filename "", so each page carried it
+      twice and the second copy threw "Identifier 'THEBE_JS_URL' has already been declared".
+      Keep the first of identical scripts.
+    * On pages with widgets and math, give html-manager the MathJax 2 call it makes (MATHJAX2_SHIM).
+    """
+    script_files = context.get("script_files")
+    if not isinstance(script_files, list):
+        return
+    seen, unique = set(), []
+    for js in script_files:
+        # A body-only script may come as filename None (app.add_js_file) and again as "" (Sphinx
+        # re-adding the registry's scripts): the same script.
+        key = (getattr(js, "filename", None) or "", tuple(sorted(getattr(js, "attributes", {}).items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(js)
+    script_files[:] = unique
+    names = [str(getattr(js, "filename", "")) for js in script_files]
+    widgets = [i for i, name in enumerate(names) if "html-manager" in name and name.rsplit("?", 1)[0].endswith("embed-amd.js")]
+    if widgets:
+        js = script_files[widgets[0]]
+        script_files.insert(widgets[0], type(js)("", priority=js.priority, body=MATHJAX2_SHIM))
+
+
 def setup(app):
     app.connect("config-inited", use_offline_assets)
+    # Pydata's theme writes data-mode="{{ default_mode }}" and, left empty, logs "Got invalid theme
+    # mode: . Resetting to auto." on a reader's first visit; "auto" follows the reader's system.
+    app.connect("config-inited", lambda app, config: config.html_context.setdefault("default_mode", "auto"))
+    app.connect("html-page-context", fix_page_scripts, priority=950)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
