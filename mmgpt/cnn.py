@@ -18,6 +18,7 @@ output position can see and how far apart neighbouring outputs look.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -150,6 +151,21 @@ def _positive_int(value, name: str, fn: str) -> None:
         raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
 
 
+NORMS = ("batch", "group")
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """The normalisation after each convolution: ``"batch"`` (ResNet's ``BatchNorm2d``,
+    statistics over the batch) or ``"group"`` (``GroupNorm`` with up to 8 groups,
+    statistics per sample: the output of one image does not depend on the rest of the
+    batch, e.g. when the batch is split over several processes)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
 class ResidualBlock(nn.Module):
     """ResNet's basic block: ``ReLU(residual(x) + shortcut(x))``.
 
@@ -160,21 +176,24 @@ class ResidualBlock(nn.Module):
     even when the residual branch contributes little: that is what lets ResNets be deep.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
+                 norm: str = "batch"):
         super().__init__()
         _positive_int(in_channels, "in_channels", "ResidualBlock")
         _positive_int(out_channels, "out_channels", "ResidualBlock")
         _positive_int(stride, "stride", "ResidualBlock")
+        if norm not in NORMS:
+            raise ValueError(f"ResidualBlock: norm must be one of {NORMS}, got {norm!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride = stride
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = make_norm(norm, out_channels)
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = make_norm(norm, out_channels)
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
+                make_norm(norm, out_channels),
             )
         else:
             self.shortcut = nn.Identity()
@@ -206,6 +225,7 @@ class SmallCNN(nn.Module):
         blocks_per_stage: residual blocks per stage (ResNet-18 has 2).
         pool: the stem's 3x3 stride-2 pooling: ``"max"`` (ResNet's), ``"avg"`` or
             ``None``.
+        norm: ``"batch"`` (ResNet's batch norm) or ``"group"`` (see :func:`make_norm`).
 
     ``SmallCNN()`` maps ``(B, 3, 224, 224)`` images to a ``(B, 128, 14, 14)`` feature
     map; :meth:`output_shape` predicts the shape for any input and
@@ -213,7 +233,8 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, in_channels: int = 3, widths: Sequence[int] = (32, 64, 128),
-                 blocks_per_stage: int = 1, pool: Optional[str] = "max"):
+                 blocks_per_stage: int = 1, pool: Optional[str] = "max",
+                 norm: str = "batch"):
         super().__init__()
         fn = "SmallCNN"
         _positive_int(in_channels, "in_channels", fn)
@@ -226,11 +247,13 @@ class SmallCNN(nn.Module):
         _positive_int(blocks_per_stage, "blocks_per_stage", fn)
         if pool not in ("max", "avg", None):
             raise ValueError(f"{fn}: pool must be 'max', 'avg' or None, got {pool!r}")
+        if norm not in NORMS:
+            raise ValueError(f"{fn}: norm must be one of {NORMS}, got {norm!r}")
         self.in_channels, self.widths = in_channels, widths
         self.blocks_per_stage, self.pool_kind = blocks_per_stage, pool
         self.stem = nn.Sequential(
             Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(widths[0]),
+            make_norm(norm, widths[0]),
             nn.ReLU(),
         )
         if pool == "max":
@@ -244,7 +267,7 @@ class SmallCNN(nn.Module):
             blocks = []
             for b in range(blocks_per_stage):
                 stride = 2 if index > 0 and b == 0 else 1
-                blocks.append(ResidualBlock(channels, width, stride))
+                blocks.append(ResidualBlock(channels, width, stride, norm))
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

@@ -408,3 +408,22 @@ def test_small_cnn_rejects_wrong_images(x, pattern):
 def test_small_cnn_rejects_bad_arguments(kwargs, pattern):
     with pytest.raises(ERRORS, match=pattern):
         SmallCNN(**kwargs)
+
+
+def test_group_norm_makes_each_image_independent_of_the_batch():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    for norm, independent in (("group", True), ("batch", False)):
+        model = SmallCNN(widths=(8, 16), norm=norm).train()
+        whole = model(x)[:2]
+        half = model(x[:2])
+        assert torch.allclose(whole, half, atol=1e-5) == independent, norm
+    assert any(isinstance(m, nn.GroupNorm) for m in SmallCNN(norm="group").modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in SmallCNN(norm="group").modules())
+
+
+@pytest.mark.parametrize("make", [lambda: SmallCNN(norm="layer"),
+                                  lambda: ResidualBlock(4, 4, norm=None)])
+def test_norm_must_be_batch_or_group(make):
+    with pytest.raises(ValueError, match="norm must be one of"):
+        make()
