@@ -13,11 +13,12 @@ module               what it holds                                        chapte
 ``mmgpt.data``       shapes scenes, digit strings, your own folder;       04
                      batching, baselines
 ``mmgpt.attention``  attention, masks, ``MultiHeadAttention``, KV cache  05-06
-``mmgpt.utils``      seeding, device choice, autocast dtype                all
+``mmgpt.loss``       cross-entropy (classes last), log-sum-exp, CLIP loss  09
+``mmgpt.utils``      seeding, device choice, autocast dtype, atomic save   all
 ``mmgpt.book``       helpers for reading the book (show_source)            all
 ===================  ===================================================  =========
 """
-from . import attention, book, cnn, conv, data, patches, pooling, tokenizer, utils
+from . import attention, book, cnn, conv, data, loss, patches, pooling, tokenizer, utils
 from .book import show_source
 from .utils import get_device, seed_everything, setup
 
@@ -29,6 +30,7 @@ __all__ = [
     "cnn",
     "conv",
     "data",
+    "loss",
     "patches",
     "pooling",
     "tokenizer",

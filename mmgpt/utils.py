@@ -1,16 +1,18 @@
-"""One place for the chores every chapter shares: seeding, device choice, autocast dtype.
+"""One place for the chores every chapter shares: seeding, device choice, autocast dtype,
+and writing files atomically.
 
-The set-up cell at the top of each chapter calls :func:`setup`, which uses the other three.
+The set-up cell at the top of each chapter calls :func:`setup`, which uses the first three.
 """
 from __future__ import annotations
 
 import os
 import random
+import tempfile
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "autocast_dtype", "setup"]
+__all__ = ["seed_everything", "get_device", "autocast_dtype", "setup", "save_atomic"]
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -72,3 +74,26 @@ def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> torc
     if not quiet:
         print(f"mmgpt {__version__} | torch {torch.__version__} | device: {chosen.type} | seed: {seed}")
     return chosen
+
+
+def save_atomic(obj, path) -> None:
+    """``torch.save(obj, path)``, all or nothing.
+
+    The object is written in full to a temporary file in the same folder, flushed to disk,
+    and only then renamed over ``path`` (``os.replace`` is atomic), so ``path`` holds either
+    the old file or the new one, never half of one, even if the process is killed midway.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
