@@ -97,3 +97,18 @@ def save_atomic(obj, path) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def load_weights_only(path, fn: str, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` (tensors and plain values only; no code
+    runs) with errors that say what went wrong: ``FileNotFoundError`` when there is no
+    file, ``ValueError`` when it is truncated, corrupt or not a torch file. ``fn`` names
+    the caller in the message."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{fn}: no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt, or not a torch file at all
+        raise ValueError(f"{fn}: {path} is not a readable checkpoint (truncated or "
+                         f"corrupt?): {type(err).__name__}: {err}") from None

@@ -1,0 +1,607 @@
+"""The multimodal GPT: an image encoder, a projector, a fusion strategy and a decoder.
+
+Chapter 08 assembles it from the book's parts::
+
+    images (B, 3, S, S)
+      -> image encoder       SmallCNN (Ch. 02) read as a sequence (Ch. 03), or PatchEmbed (Ch. 03)
+      -> projector           linear or 2-layer MLP (LLaVA-1.5) into the decoder's width,
+                             plus a fixed 2-D sin-cos (or learned) position per image token
+      -> image tokens (B, N, dim)
+    input_ids (B, T)  -> fusion (mmgpt.fusion: "prefix", "cross" or "late")
+                      -> decoder (the GPT of Ch. 07) -> logits (B, T, vocab_size)
+
+**Labels convention.** ``labels`` are *not* shifted: ``labels[b, t]`` is the token the
+model should read at position ``t``, or ``-100`` (ignored), exactly the ``labels`` of
+``mmgpt.data.Collate``. The model shifts them itself: the logits at position ``t`` are
+scored against ``labels[:, t + 1]`` (``logits[:, :-1]`` against ``labels[:, 1:]``), as in
+Hugging Face's causal language models. :func:`make_labels` builds them from a batch::
+
+    logits, loss = model(batch["images"], batch["input_ids"],
+                         make_labels(batch["input_ids"], batch["loss_mask"]))
+
+(Chapter 07's ``GPT.forward`` takes ``targets`` already shifted; the multimodal model
+follows the data pipeline instead, so a batch goes in as it comes out.)
+
+The logits line up with ``input_ids`` for every fusion: prefix fusion reads the image
+tokens in place of ``<image>`` and returns the text positions only. Sequences are padded
+on the right (``Collate`` does): causal attention never lets a real token see the padding
+after it, and the labels ignore it, so no padding mask is needed.
+
+Checkpoints: :meth:`MultimodalGPT.save` writes the config and the weights atomically (a
+temporary file in the same folder, then ``os.replace``); :meth:`MultimodalGPT.load`
+reads them with ``torch.load(weights_only=True)`` (no code runs) and refuses, with a
+message that names the problem, a file that is truncated, not a checkpoint, holds
+weights that do not fit its config, or holds another config than the one asked for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from numbers import Real
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .cnn import NORMS, SmallCNN
+from .conv import Conv2d
+from .fusion import (FUSIONS, CrossAttentionFusion, Fusion, LateFusion,
+                     PrefixFusion)
+from .loss import cross_entropy
+from .patches import (LearnedPositionEmbedding, PatchEmbed, feature_map_to_sequence,
+                      sincos_position_embedding_2d)
+from .transformer import GPT, GPTConfig, _check_sampling, sample_next
+from .utils import load_weights_only, save_atomic
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ENCODERS",
+    "MultimodalGPTConfig",
+    "use_torch_convolutions",
+    "ImageEncoder",
+    "build_fusion",
+    "MultimodalGPT",
+    "make_labels",
+]
+
+IGNORE_INDEX = -100
+ENCODERS = ("cnn", "patch")
+PROJECTORS = ("linear", "mlp")
+IMAGE_POSITIONS = ("sincos", "learned", "none")
+CHECKPOINT_FORMAT = "mmgpt-multimodal-gpt"
+
+
+# --------------------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------------------
+
+def make_labels(input_ids: Tensor, loss_mask: Tensor, ignore_index: int = IGNORE_INDEX
+                ) -> Tensor:
+    """``input_ids`` where ``loss_mask`` is ``True`` (a token to predict), else ``ignore_index``.
+
+    Not shifted (see the module docstring): the model scores its logits at position ``t``
+    against ``labels[:, t + 1]``. Equal to the ``labels`` that ``mmgpt.data.Collate`` puts
+    in a batch.
+    """
+    fn = "make_labels"
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 \
+            or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise ValueError(f"{fn}: input_ids must be a 2-D integer tensor (B, T), got "
+                         f"{_describe(input_ids)}")
+    if not isinstance(loss_mask, Tensor) or loss_mask.dtype != torch.bool:
+        raise TypeError(f"{fn}: loss_mask must be a boolean tensor (True = predict this "
+                        f"token), got {_describe(loss_mask)}")
+    if loss_mask.shape != input_ids.shape:
+        raise ValueError(f"{fn}: loss_mask must have input_ids' shape "
+                         f"{tuple(input_ids.shape)}, got {tuple(loss_mask.shape)}")
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    return input_ids.long().masked_fill(~loss_mask, ignore_index)
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+# --------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class MultimodalGPTConfig:
+    """The shape of a :class:`MultimodalGPT`. The defaults make a ~1M-parameter model
+    for 32x32 images that trains on a laptop CPU.
+
+    Text and decoder (Chapter 07):
+        vocab_size: the tokenizer's ``vocab_size``.
+        image_token_id: the tokenizer's ``image_id``, the ``<image>`` placeholder
+            (259 for ``BPETokenizer``). Prefix fusion replaces it by the image tokens.
+        context_length: the most text tokens ``input_ids`` may hold (placeholders
+            included). Prefix fusion also gives positions to the image tokens.
+        dim, num_layers, num_heads, dropout, bias, tie_weights: as in ``GPTConfig``.
+        fused: run PyTorch's kernels instead of the book's own code, for speed: attention
+            with ``F.scaled_dot_product_attention`` and the CNN's convolutions with
+            ``nn.Conv2d`` (same parameters). The results agree up to float rounding
+            (Chapters 01, 05 and 06 prove it); ``fused=False`` runs the book's code.
+
+    Image encoder and projector:
+        image_size, in_channels: the images, ``(B, in_channels, image_size, image_size)``.
+        encoder: ``"cnn"``: the book's :class:`~mmgpt.cnn.SmallCNN` (Chapter 02) with
+            ``cnn_widths``, ``cnn_blocks``, ``cnn_pool`` and ``cnn_norm`` (``"batch"`` or
+            ``"group"``: per-sample statistics, for DDP), its last feature map read as a
+            sequence; ``"patch"``: :class:`~mmgpt.patches.PatchEmbed` (Chapter 03) with
+            ``patch_size``, straight from the pixels.
+        cnn_widths: ``None`` chooses by ``image_size``: stages of 16, 32, 64, ...
+            channels until the map is 4x4 (or smaller): ``(16, 32, 64)`` for 32 pixels,
+            ``(16, 32, 64, 128)`` for 64 (``(16, 32, 64)`` with ``cnn_pool="max"``), so
+            an image is 16 tokens either way. Without the stem's max pooling
+            (``cnn_pool=None``, the default) small shapes keep their detail longer.
+        patch_size: ``None`` means ``image_size // 4`` (16 tokens).
+        projector: ``"linear"`` or ``"mlp"`` (linear, GELU, linear: LLaVA-1.5's).
+        image_pos: position of each image token, added after the projector:
+            ``"sincos"`` (fixed 2-D, ``dim`` divisible by 4), ``"learned"`` or ``"none"``.
+
+    Fusion (:mod:`mmgpt.fusion`):
+        fusion: ``"prefix"`` (LLaVA), ``"cross"`` (Flamingo) or ``"late"``.
+        cross_every: ``"cross"`` puts a gated cross-attention layer before every
+            ``cross_every``-th block (1 = before each).
+
+    A value or a combination that cannot work raises ``ValueError`` naming the fields.
+    """
+
+    vocab_size: int = 512
+    image_token_id: int = 259
+    context_length: int = 32
+    dim: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    dropout: float = 0.0
+    bias: bool = True
+    tie_weights: bool = True
+    fused: bool = True
+    image_size: int = 32
+    in_channels: int = 3
+    encoder: str = "cnn"
+    cnn_widths: Optional[Tuple[int, ...]] = None
+    cnn_blocks: int = 1
+    cnn_pool: Optional[str] = None
+    cnn_norm: str = "batch"
+    patch_size: Optional[int] = None
+    projector: str = "mlp"
+    image_pos: str = "sincos"
+    fusion: str = "prefix"
+    cross_every: int = 1
+
+    def __post_init__(self):
+        fn = "MultimodalGPTConfig"
+
+        def positive(name):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+
+        def choice(name, options):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{fn}: {name} must be one of {options}, got "
+                                 f"{getattr(self, name)!r}")
+
+        for name in ("vocab_size", "context_length", "dim", "num_layers", "num_heads",
+                     "image_size", "in_channels", "cnn_blocks", "cross_every"):
+            positive(name)
+        choice("encoder", ENCODERS)
+        choice("projector", PROJECTORS)
+        choice("image_pos", IMAGE_POSITIONS)
+        choice("fusion", FUSIONS)
+        choice("cnn_pool", ("max", "avg", None))
+        choice("cnn_norm", NORMS)
+        for name in ("bias", "tie_weights", "fused"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{fn}: {name} must be True or False, got "
+                                 f"{getattr(self, name)!r}")
+        if not isinstance(self.dropout, Real) or isinstance(self.dropout, bool) \
+                or not 0 <= self.dropout < 1:
+            raise ValueError(f"{fn}: dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"{fn}: dim must be divisible by num_heads, got dim={self.dim} "
+                             f"and num_heads={self.num_heads}")
+        if not isinstance(self.image_token_id, int) or isinstance(self.image_token_id, bool) \
+                or not 0 <= self.image_token_id < self.vocab_size:
+            raise ValueError(f"{fn}: image_token_id must be a token id below vocab_size="
+                             f"{self.vocab_size}, got image_token_id={self.image_token_id!r} "
+                             f"(use the tokenizer's image_id and vocab_size)")
+        if self.image_pos == "sincos" and self.dim % 4:
+            raise ValueError(f"{fn}: image_pos='sincos' needs dim divisible by 4 (half for "
+                             f"rows, half for columns, sin and cos), got dim={self.dim}")
+        if self.fusion == "cross" and self.cross_every > self.num_layers:
+            raise ValueError(f"{fn}: fusion='cross' with cross_every={self.cross_every} "
+                             f"must be at most num_layers={self.num_layers}")
+        if self.cnn_widths is None:  # 16 channels, doubled by every stage down to 4x4
+            size = -(-self.image_size // 2)  # the stem halves (rounding up)
+            if self.cnn_pool is not None:
+                size = -(-size // 2)
+            widths = [16]
+            while size > 4:  # each later stage halves the map again
+                widths.append(2 * widths[-1])
+                size = -(-size // 2)
+            self.cnn_widths = tuple(widths)
+        if isinstance(self.cnn_widths, list):
+            self.cnn_widths = tuple(self.cnn_widths)
+        if not (isinstance(self.cnn_widths, tuple) and self.cnn_widths and all(
+                isinstance(w, int) and not isinstance(w, bool) and w > 0
+                for w in self.cnn_widths)):
+            raise ValueError(f"{fn}: cnn_widths must be None or a non-empty tuple of "
+                             f"positive ints, got {self.cnn_widths!r}")
+        if self.patch_size is None:
+            self.patch_size = max(1, self.image_size // 4)
+        positive("patch_size")
+        if self.encoder == "patch" and self.image_size % self.patch_size:
+            raise ValueError(f"{fn}: encoder='patch' needs image_size divisible by "
+                             f"patch_size, got image_size={self.image_size} and patch_size="
+                             f"{self.patch_size}")
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, **overrides) -> "MultimodalGPTConfig":
+        """A config whose ``vocab_size`` and ``image_token_id`` are the tokenizer's."""
+        return cls(vocab_size=tokenizer.vocab_size, image_token_id=tokenizer.image_id,
+                   **overrides)
+
+    @property
+    def image_grid(self) -> Tuple[int, int]:
+        """``(rows, columns)`` of image tokens the encoder makes."""
+        if self.encoder == "patch":
+            side = self.image_size // self.patch_size
+            return side, side
+        probe = SmallCNN(self.in_channels, (1,) * len(self.cnn_widths), 1, self.cnn_pool)
+        shape = probe.output_shape((self.in_channels, self.image_size, self.image_size))
+        return shape[-2], shape[-1]
+
+    @property
+    def num_image_tokens(self) -> int:
+        rows, cols = self.image_grid
+        return rows * cols
+
+
+# --------------------------------------------------------------------------------------
+# Image encoder
+# --------------------------------------------------------------------------------------
+
+def use_torch_convolutions(module: nn.Module) -> nn.Module:
+    """Replace every :class:`mmgpt.conv.Conv2d` inside ``module`` by an ``nn.Conv2d`` with
+    the same arguments and weights, in place; returns ``module``.
+
+    The two compute the same convolution (Chapter 01 proves it) and have the same
+    parameters and state-dict keys, so checkpoints load either way; PyTorch's kernel is
+    several times faster, above all in the backward pass. ``fused=True`` does this.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, Conv2d):
+            torch_conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                   child.stride, child.padding, child.dilation, child.groups,
+                                   child.bias is not None, child.padding_mode,
+                                   device=child.weight.device, dtype=child.weight.dtype)
+            torch_conv.load_state_dict(child.state_dict())
+            setattr(module, name, torch_conv)
+        else:
+            use_torch_convolutions(child)
+    return module
+
+
+class ImageEncoder(nn.Module):
+    """Images ``(B, C, S, S)`` -> image tokens ``(B, N, dim)`` in the decoder's width.
+
+    ``backbone`` (a :class:`~mmgpt.cnn.SmallCNN` whose feature map is read as a sequence
+    in row-major order, or a :class:`~mmgpt.patches.PatchEmbed`), then ``projector``
+    (linear or MLP) and a position per token (2-D sin-cos, learned, or none).
+    """
+
+    def __init__(self, config: MultimodalGPTConfig):
+        super().__init__()
+        c = config
+        self.image_size, self.in_channels = c.image_size, c.in_channels
+        self.grid = c.image_grid
+        self.num_tokens = self.grid[0] * self.grid[1]
+        if c.encoder == "cnn":
+            self.backbone = SmallCNN(c.in_channels, c.cnn_widths, c.cnn_blocks, c.cnn_pool,
+                                     c.cnn_norm)
+            if c.fused:
+                use_torch_convolutions(self.backbone)
+            features = c.cnn_widths[-1]
+        else:
+            self.backbone = PatchEmbed(c.image_size, c.patch_size, c.in_channels, c.dim)
+            features = c.dim
+        if c.projector == "linear":
+            self.projector = nn.Linear(features, c.dim)
+        else:
+            self.projector = nn.Sequential(nn.Linear(features, c.dim), nn.GELU(),
+                                           nn.Linear(c.dim, c.dim))
+        self.position = None
+        if c.image_pos == "learned":
+            self.position = LearnedPositionEmbedding(self.num_tokens, c.dim)
+        elif c.image_pos == "sincos":  # fixed: a buffer, not saved in checkpoints
+            self.register_buffer("sincos", sincos_position_embedding_2d(*self.grid, c.dim),
+                                 persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.backbone(images)
+        if x.dim() == 4:  # a CNN feature map (B, C, h, w) -> (B, h*w, C)
+            x = feature_map_to_sequence(x)
+        x = self.projector(x)
+        if self.position is not None:
+            x = self.position(x)
+        elif hasattr(self, "sincos"):
+            x = x + self.sincos
+        return x
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+
+def build_fusion(config: MultimodalGPTConfig) -> Fusion:
+    """The fusion module ``config.fusion`` names."""
+    c = config
+    if c.fusion == "prefix":
+        return PrefixFusion(c.image_token_id)
+    if c.fusion == "cross":
+        return CrossAttentionFusion(c.dim, c.num_heads, c.num_layers, c.cross_every,
+                                    c.dropout, c.bias, c.fused)
+    return LateFusion()
+
+
+class MultimodalGPT(nn.Module):
+    """A GPT that reads an image: ``model(images, input_ids, labels) -> (logits, loss)``.
+
+    ``encoder`` (:class:`ImageEncoder`) makes ``N`` image tokens, ``fusion`` lets the
+    ``decoder`` (a :class:`~mmgpt.transformer.GPT`, whose embeddings, blocks, final layer
+    norm and tied head are used) read them with the text. See the module docstring for
+    the labels convention.
+    """
+
+    def __init__(self, config: MultimodalGPTConfig):
+        super().__init__()
+        if not isinstance(config, MultimodalGPTConfig):
+            raise TypeError(f"MultimodalGPT: config must be a MultimodalGPTConfig, got "
+                            f"{type(config).__name__}")
+        self.config = c = config
+        self.encoder = ImageEncoder(c)
+        self.fusion = build_fusion(c)
+        positions = self.fusion.num_positions(c.context_length, self.encoder.num_tokens)
+        self.decoder = GPT(GPTConfig(c.vocab_size, positions, c.dim, c.num_layers,
+                                     c.num_heads, c.dropout, c.tie_weights, c.bias, c.fused))
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.encoder.num_tokens
+
+    def num_parameters(self) -> int:
+        """Number of parameters (the tied head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def parameter_counts(self) -> Dict[str, int]:
+        """Parameters per part: image encoder, projector (with learned positions), fusion
+        (cross-attention layers) and decoder (embeddings, blocks, head)."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        encoder = count(self.encoder.backbone)
+        return {"image encoder": encoder,
+                "projector": count(self.encoder) - encoder,
+                "fusion": count(self.fusion),
+                "decoder": count(self.decoder)}
+
+    # -- checks -----------------------------------------------------------------------
+
+    def _check_images(self, images, fn: str) -> None:
+        c = self.config
+        expected = f"(B, {c.in_channels}, {c.image_size}, {c.image_size})"
+        if not isinstance(images, Tensor):
+            raise TypeError(f"{fn}: images must be a tensor {expected}, got "
+                            f"{type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"{fn}: images must be floating point (pixels in [0, 1]), got "
+                            f"{images.dtype}")
+        if images.dim() != 4:
+            raise ValueError(f"{fn}: images must be 4-D {expected}, got shape "
+                             f"{tuple(images.shape)}")
+        if images.shape[1] != c.in_channels:
+            raise ValueError(f"{fn}: images must have in_channels={c.in_channels} channels "
+                             f"(dimension 1), got shape {tuple(images.shape)}")
+        if tuple(images.shape[2:]) != (c.image_size, c.image_size):
+            raise ValueError(f"{fn}: images must be {c.image_size}x{c.image_size} "
+                             f"(image_size={c.image_size}), got "
+                             f"{images.shape[2]}x{images.shape[3]}; resize them or build "
+                             f"the model with another image_size")
+
+    def _check_ids(self, input_ids, batch: int, past: int, fn: str,
+                   name: str = "input_ids") -> None:
+        c = self.config
+        if not isinstance(input_ids, Tensor):
+            raise TypeError(f"{fn}: {name} must be a tensor of token ids, got "
+                            f"{type(input_ids).__name__}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{fn}: {name} must hold integer token ids (int64), got "
+                            f"{input_ids.dtype}")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"{fn}: {name} must be 2-D (batch, time) with at least one "
+                             f"token, got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[0] != batch:
+            raise ValueError(f"{fn}: {name} has batch size {input_ids.shape[0]} but "
+                             f"images has {batch}")
+        total = past + input_ids.shape[1]
+        if total > c.context_length:
+            raise ValueError(f"{fn}: {name} has {total} tokens, more than the model's "
+                             f"context_length={c.context_length}")
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= c.vocab_size:
+            raise ValueError(f"{fn}: {name} must lie in [0, vocab_size={c.vocab_size}), "
+                             f"got values from {low} to {high}")
+
+    # -- forward ----------------------------------------------------------------------
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Image tokens ``(B, N, dim)``, in the decoder's width."""
+        self._check_images(images, "MultimodalGPT.encode_images")
+        return self.encoder(images)
+
+    def logits_from_hidden(self, hidden: Tensor) -> Tensor:
+        """The decoder's final layer norm and head: ``(B, T, dim)`` -> ``(B, T, vocab)``."""
+        return self.decoder.head(self.decoder.ln_f(hidden))
+
+    def forward(self, images: Tensor, input_ids: Tensor, labels: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Optional[Tensor]]:
+        """Logits ``(B, T, vocab_size)`` for ``input_ids`` ``(B, T)`` about ``images``, and,
+        given ``labels`` (not shifted, ``-100`` = ignore; see :func:`make_labels`), the
+        mean cross-entropy of ``logits[:, :-1]`` against ``labels[:, 1:]`` (else ``None``).
+        """
+        fn = "MultimodalGPT.forward"
+        self._check_images(images, fn)
+        self._check_ids(input_ids, images.shape[0], 0, fn)
+        if labels is not None:
+            if not isinstance(labels, Tensor) or labels.shape != input_ids.shape:
+                raise ValueError(f"{fn}: labels must have input_ids' shape "
+                                 f"{tuple(input_ids.shape)} (not shifted; -100 = ignore), "
+                                 f"got {_describe(labels)}")
+            if labels.is_floating_point() or labels.dtype == torch.bool:
+                raise TypeError(f"{fn}: labels must hold integer token ids, got "
+                                f"{labels.dtype}")
+        hidden = self.fusion(self.decoder, self.encoder(images), input_ids)
+        logits = self.logits_from_hidden(hidden)
+        loss = None
+        if labels is not None:  # position t predicts token t + 1
+            loss = cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    # -- generation -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, prompt_ids: Tensor, max_new_tokens: int, *,
+                 temperature: float = 1.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, use_cache: bool = True,
+                 eos_id: Optional[int] = None,
+                 generator: Optional[torch.Generator] = None) -> Tensor:
+        """Continue ``prompt_ids`` (B, T) about ``images`` by up to ``max_new_tokens`` tokens.
+
+        The prompt must hold the ``<image>`` placeholder for prefix fusion, and its rows
+        must all be real tokens (no padding): batch prompts of one length, or one at a time.
+        Each step picks a token with :func:`~mmgpt.transformer.sample_next`
+        (``temperature=0`` is greedy; ``top_k``, ``top_p``, ``generator`` as there); the
+        ``<image>`` placeholder is never chosen. The image is encoded once. With
+        ``use_cache`` the prompt (and the image) is read once and each later step feeds
+        only the newest token; without, every step recomputes everything; both give the
+        same tokens. ``eos_id``: a finished row is padded with it, and generation stops
+        when all rows are finished. ``T + max_new_tokens`` must fit in
+        ``context_length`` (the image cannot slide out of a window). Returns
+        ``(B, T + new)``; the model runs in eval mode and is put back in its mode.
+        """
+        fn = "MultimodalGPT.generate"
+        self._check_images(images, fn)
+        self._check_ids(prompt_ids, images.shape[0], 0, fn, "prompt_ids")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
+                or max_new_tokens < 0:
+            raise ValueError(f"{fn}: max_new_tokens must be an int >= 0, got "
+                             f"{max_new_tokens!r}")
+        limit = self.config.context_length
+        if prompt_ids.shape[1] + max_new_tokens > limit:
+            raise ValueError(f"{fn}: a prompt of {prompt_ids.shape[1]} tokens plus "
+                             f"max_new_tokens={max_new_tokens} is more than the model's "
+                             f"context_length={limit}")
+        _check_sampling(temperature, top_k, top_p, fn)
+        if eos_id is not None and not (isinstance(eos_id, int) and 0 <= eos_id < self.config.vocab_size):
+            raise ValueError(f"{fn}: eos_id must be None or a token id below vocab_size="
+                             f"{self.config.vocab_size}, got {eos_id!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            image_tokens = self.encoder(images)
+            cache = self.fusion.new_cache(self.decoder) if use_cache else None
+            ids = prompt_ids.long()
+            finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+            for step in range(max_new_tokens):
+                new = ids if (cache is None or step == 0) else ids[:, -1:]
+                hidden = self.fusion(self.decoder, image_tokens, new, cache)
+                logits = self.logits_from_hidden(hidden[:, -1])
+                logits[:, self.config.image_token_id] = float("-inf")  # never an <image>
+                next_id = sample_next(logits, temperature, top_k, top_p, generator)
+                if eos_id is not None:
+                    next_id = next_id.masked_fill(finished, eos_id)
+                    finished |= next_id == eos_id
+                ids = torch.cat([ids, next_id[:, None]], dim=1)
+                if eos_id is not None and bool(finished.all()):
+                    break
+        finally:
+            self.train(was_training)
+        return ids
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write the config and the weights to ``path`` atomically.
+
+        The file is first written in full to a temporary file in the same folder and
+        then renamed over ``path`` (``os.replace``), so ``path`` always holds either the
+        old checkpoint or the new one, never half of one.
+        """
+        save_atomic({"format": CHECKPOINT_FORMAT, "version": 1,
+                     "config": dataclasses.asdict(self.config),
+                     "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path, config: Optional[MultimodalGPTConfig] = None,
+             map_location="cpu") -> "MultimodalGPT":
+        """A model with the config and weights saved at ``path`` by :meth:`save`.
+
+        Read with ``torch.load(weights_only=True)``: only tensors and plain values, no
+        code. ``config``, if given, is the config the caller expects; a checkpoint with
+        another one is refused with the fields that differ. A truncated or foreign file,
+        or weights that do not fit the stored config, raise ``ValueError`` too.
+        """
+        fn = "MultimodalGPT.load"
+        path = os.fspath(path)
+        checkpoint = load_weights_only(path, fn, map_location)
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{fn}: {path} is not a MultimodalGPT checkpoint (no "
+                             f"format={CHECKPOINT_FORMAT!r}; was it written by "
+                             f"MultimodalGPT.save?)")
+        if checkpoint.get("version") != 1:
+            raise ValueError(f"{fn}: {path} has checkpoint version "
+                             f"{checkpoint.get('version')!r}; this mmgpt reads version 1")
+        stored = checkpoint.get("config")
+        fields = {f.name for f in dataclasses.fields(MultimodalGPTConfig)}
+        if not isinstance(stored, dict) or set(stored) != fields:
+            unknown = sorted(set(stored or {}) - fields)
+            missing = sorted(fields - set(stored or {}))
+            raise ValueError(f"{fn}: {path} holds a config this mmgpt cannot read "
+                             f"(unknown fields {unknown}, missing fields {missing})")
+        stored = MultimodalGPTConfig(**stored)
+        if config is not None:
+            if not isinstance(config, MultimodalGPTConfig):
+                raise TypeError(f"{fn}: config must be a MultimodalGPTConfig or None, got "
+                                f"{type(config).__name__}")
+            diff = [f"{name}: checkpoint {getattr(stored, name)!r}, expected "
+                    f"{getattr(config, name)!r}"
+                    for name in sorted(fields) if getattr(stored, name) != getattr(config, name)]
+            if diff:
+                raise ValueError(f"{fn}: the checkpoint at {path} does not fit the config "
+                                 f"asked for; it differs in " + "; ".join(diff))
+        model = cls(stored)
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            raise ValueError(f"{fn}: {path} holds no state_dict")
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [f"{k}: {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}"
+                 for k in expected if k in state and isinstance(state[k], Tensor)
+                 and state[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"{fn}: the weights in {path} do not fit its config: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes "
+                             f"{wrong[:5]}")
+        model.load_state_dict(state)
+        return model
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"fusion={c.fusion!r}, encoder={c.encoder!r}, image_tokens="
+                f"{self.num_image_tokens}, params={self.num_parameters():,}")
