@@ -1,0 +1,219 @@
+"""How well does a trained MultimodalGPT answer? Accuracy per question family, with the bars
+it must clear beside it.
+
+    python -m mmgpt.evaluate runs/cpu                 # evaluate the run's checkpoint
+    python -m mmgpt.evaluate runs/cpu --size 2000     # on more held-out scenes
+
+An answer counts as right when the model, reading the prompt, would write exactly the answer's
+tokens and then ``<eos>``. That is checked in one forward pass with the true answer fed in
+(*teacher forcing*): greedy decoding writes the answer if and only if, at every answer
+position, the most likely next token is the answer's next token. So the accuracy here is the
+accuracy of greedy generation, at the cost of one forward pass per batch.
+
+:func:`evaluate_splits` reports, for each split of :func:`mmgpt.train.build_datasets`:
+
+* ``test``: new scenes from the training distribution;
+* ``heldout``: the compositional split (colour-shape pairs never seen in training);
+* ``blank``: the test questions with a blank image (the background only): what the model
+  answers from the question alone. It should fall to about the text-only baseline;
+* ``caption``: exact match of the whole caption on test scenes;
+* ``majority`` and ``text_only``: the data's own baselines (:mod:`mmgpt.data`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .data import BACKGROUND, Collate, majority_baseline, text_only_baseline
+
+__all__ = ["exact_match", "accuracy_by_family", "evaluate_splits", "load_metrics",
+           "plot_metrics", "main"]
+
+
+def exact_match(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+    """``(B,)`` bool: for each sequence, does the argmax at every position before a token
+    to predict equal that token? (Logits at ``t`` predict token ``t + 1``.)"""
+    predicted = logits[:, :-1].argmax(-1)
+    wanted = loss_mask[:, 1:]
+    return ((predicted == input_ids[:, 1:]) | ~wanted).all(-1) & wanted.any(-1)
+
+
+@torch.no_grad()
+def accuracy_by_family(model, dataset, collate: Collate, device, *, batch_size: int = 256,
+                       blank: bool = False, task: Optional[str] = None) -> Dict[str, float]:
+    """Exact-match accuracy per ``family`` over ``dataset`` (and ``"all"``). ``blank``
+    replaces every image with the background colour; ``task="caption"`` scores captions."""
+    was_training = model.training
+    model.eval()
+    if task is not None:
+        collate = Collate(collate.tokenizer, task=task, image_tokens=collate.image_tokens,
+                          max_length=collate.max_length)
+    right: Dict[str, int] = defaultdict(int)
+    total: Dict[str, int] = defaultdict(int)
+    try:
+        for start in range(0, len(dataset), batch_size):
+            samples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            batch = collate(samples)
+            images = batch["images"]
+            if blank:
+                colour = torch.tensor(BACKGROUND, dtype=images.dtype) / 255
+                images = colour[None, :, None, None].expand_as(images).contiguous()
+            logits, _ = model(images.to(device), batch["input_ids"].to(device))
+            ok = exact_match(logits.float().cpu(), batch["input_ids"], batch["loss_mask"])
+            families = ["caption"] * len(samples) if task == "caption" else batch["family"]
+            for family, good in zip(families, ok.tolist()):
+                right[family] += good
+                total[family] += 1
+    finally:
+        model.train(was_training)
+    out = {f: right[f] / total[f] for f in sorted(total)}
+    out["all"] = sum(right.values()) / max(1, sum(total.values()))
+    return out
+
+
+def evaluate_splits(model, tokenizer, datasets: dict, device, collate: Collate) -> dict:
+    """The accuracies of :mod:`this module <mmgpt.evaluate>`'s docstring, as one dict."""
+    result = {
+        "test": accuracy_by_family(model, datasets["test"], collate, device),
+        "heldout": accuracy_by_family(model, datasets["heldout"], collate, device),
+        "blank": accuracy_by_family(model, datasets["test"], collate, device, blank=True),
+        "caption": accuracy_by_family(model, datasets["test"], collate, device,
+                                      task="caption")["all"],
+    }
+    if "baselines" not in datasets:  # computed once per run, from text only
+        train = datasets["train"].dataset if hasattr(datasets["train"], "dataset") else datasets["train"]
+        datasets["baselines"] = {"majority": majority_baseline(datasets["test"]),
+                                 "text_only": text_only_baseline(_Head(train, 20_000),
+                                                                 datasets["test"])}
+    result.update(datasets["baselines"])
+    return result
+
+
+class _Head:
+    """The first ``n`` samples of a data set (for baselines computed from text alone)."""
+
+    def __init__(self, dataset, n: int):
+        self.dataset, self.n = dataset, min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getattr__(self, name):
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]
+
+    def describe(self, i):
+        return self.dataset.describe(i)
+
+
+# --------------------------------------------------------------------------------------
+# Metrics files
+# --------------------------------------------------------------------------------------
+
+def load_metrics(path) -> Dict[str, list]:
+    """``metrics.jsonl`` (a file or a run folder) as ``{"train": [...], "eval": [...]}``."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    out: Dict[str, list] = {"train": [], "eval": []}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"load_metrics: {path} line {n} is not JSON: {err}") from None
+            out.setdefault(record.get("kind", "train"), []).append(record)
+    return out
+
+
+def plot_metrics(metrics, ax=None, title: Optional[str] = None):
+    """Training loss and held-out accuracy against the step, with the text-only bar."""
+    import matplotlib.pyplot as plt
+
+    if not isinstance(metrics, dict):
+        metrics = load_metrics(metrics)
+    if ax is None:
+        _, ax = plt.subplots(1, 2, figsize=(10, 3.4))
+    train, evals = metrics["train"], metrics["eval"]
+    ax[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    ax[0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    if evals:
+        steps = [r["step"] for r in evals]
+        for split, style in (("test", "-o"), ("heldout", "--s"), ("blank", ":^")):
+            ax[1].plot(steps, [r[split]["all"] for r in evals], style, ms=4, label=split)
+        text_only = evals[-1].get("text_only", {})
+        if text_only:
+            bar = sum(text_only.values()) / len(text_only)
+            ax[1].axhline(bar, color="grey", lw=1, label="text-only baseline")
+        ax[1].set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02), title="answers")
+        ax[1].legend(fontsize=8, loc="lower right")
+    if title:
+        ax[0].figure.suptitle(title)
+    return ax
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+def format_table(result: dict) -> str:
+    """A plain-text table: one row per family, columns test / heldout / blank / baselines."""
+    families = [f for f in result["test"] if f != "all"] + ["all"]
+    cols = ["test", "heldout", "blank", "majority", "text_only"]
+    lines = [f"{'family':10s}" + "".join(f"{c:>11s}" for c in cols)]
+    for f in families:
+        cells = []
+        for c in cols:
+            value = result.get(c, {}).get(f)
+            cells.append(f"{value:11.3f}" if value is not None else f"{'':>11s}")
+        lines.append(f"{f:10s}" + "".join(cells))
+    lines.append(f"caption exact match: {result['caption']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .train import CHECKPOINT, TrainConfig, build_datasets, load_checkpoint, model_from_checkpoint
+    from .utils import get_device
+
+    parser = argparse.ArgumentParser(prog="python -m mmgpt.evaluate",
+                                     description="Evaluate a trained run on held-out scenes.")
+    parser.add_argument("run", help="a run folder (holding checkpoint.pt) or a checkpoint file")
+    parser.add_argument("--size", type=int, default=None, help="held-out scenes per split")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    path = os.path.join(args.run, CHECKPOINT) if os.path.isdir(args.run) else args.run
+    try:
+        ckpt = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    config = TrainConfig(**ckpt["train_config"])
+    if args.size is not None:
+        if args.size < 1:
+            parser.error(f"--size must be a positive int, got {args.size}")
+        config.eval_size = args.size
+    model, tokenizer = model_from_checkpoint(ckpt)
+    device = get_device(args.device)
+    model.to(device)
+    collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
+    result = evaluate_splits(model, tokenizer, build_datasets(config), device, collate)
+    result["step"] = ckpt["step"]
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,633 @@
+"""Train a MultimodalGPT on the book's shapes scenes: a Python API and a command line.
+
+    python -m mmgpt.train --preset cpu --out runs/cpu          # ~4 minutes on 2 CPU cores
+    python -m mmgpt.train --preset gpu --out runs/gpu          # the full task, one GPU
+    python -m mmgpt.train --preset cpu --out runs/cpu --resume # continue where it stopped
+    torchrun --nproc_per_node 2 -m mmgpt.train --preset cpu --out runs/ddp   # DDP
+
+Everything a run needs is in a :class:`TrainConfig`; :data:`PRESETS` holds the named ones
+and any field can be overridden (``--set steps=500 --set lr=1e-3``, or
+``TrainConfig.from_preset("cpu", steps=500)``).
+
+How a step is built, and why a run can be resumed exactly:
+
+* **Batches** are a pure function of ``(seed, step)``: step ``s`` draws ``global_batch``
+  indices from the training split with a generator seeded by ``seed`` and ``s``
+  (:func:`step_indices`), and the shapes data set makes each sample from its index. No
+  loader state has to be saved, a resumed run sees the batches the uninterrupted run
+  would have seen, and under DDP rank ``r`` of ``w`` takes every ``w``-th index of the
+  same global batch.
+* **The loss** is the sum of the per-token cross-entropies over the global batch divided
+  by its number of predicted tokens, however the batch is split over processes, so two
+  processes give the same loss and gradients as one (up to float rounding).
+* **The schedule** (linear warm-up, cosine decay to ``min_lr``) is a function of the step.
+* **Checkpoints** (``checkpoint.pt`` in the output folder, every ``ckpt_every`` steps, at
+  the end, and when the run is interrupted by Ctrl-C or SIGTERM) hold the model, the
+  optimizer, the gradient scaler, the tokenizer, both configs and the step. They are
+  written atomically (:func:`mmgpt.utils.save_atomic`) and read with
+  ``torch.load(weights_only=True)``.
+
+Metrics go to ``metrics.jsonl`` in the output folder, one JSON object per line: training
+lines (``"kind": "train"``: loss, learning rate, samples/s) and evaluation lines
+(``"kind": "eval"``: accuracy per question family on held-out scenes, on the compositional
+split, and with a blank image; see :mod:`mmgpt.evaluate`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .data import Collate, ShapesDataset, caption_corpus
+from .loss import cross_entropy
+from .model import IGNORE_INDEX, MultimodalGPT, MultimodalGPTConfig
+from .tokenizer import BPETokenizer
+from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
+
+__all__ = ["TrainConfig", "PRESETS", "TaskMix", "step_indices", "lr_at", "make_optimizer",
+           "build_tokenizer", "build_datasets", "load_checkpoint", "train", "main"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+TOKENIZER = "tokenizer.json"
+CHECKPOINT_FORMAT = "mmgpt-train"
+
+
+# --------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. ``model`` overrides fields of
+    :class:`~mmgpt.model.MultimodalGPTConfig` (``vocab_size`` and ``image_token_id`` come
+    from the tokenizer, ``image_size`` from here)."""
+
+    preset: str = "custom"
+    # data: the shapes scenes of mmgpt.data
+    image_size: int = 32
+    num_objects: Tuple[int, int] = (1, 2)
+    families: Optional[Tuple[str, ...]] = ("shape", "color", "count", "exist")
+    caption_fraction: float = 0.2      # share of training samples that ask for the caption
+    train_size: int = 1_000_000        # training indices to draw from (scenes are made on demand)
+    eval_size: int = 1_000             # held-out scenes per evaluation split
+    vocab_size: int = 384              # BPE vocabulary trained on mmgpt.data.caption_corpus
+    tokenizer_corpus: int = 20_000
+    # model
+    model: Dict[str, object] = field(default_factory=dict)
+    init_from: Optional[str] = None    # a training checkpoint whose weights (and tokenizer) start this run
+    freeze: Tuple[str, ...] = ()       # parameter-name prefixes not to train, e.g. ("encoder",)
+    # optimisation
+    steps: int = 1_000
+    batch_size: int = 64               # the global batch: split over processes under DDP
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    betas: Tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    # running
+    seed: int = 0
+    device: str = "auto"               # "auto": cuda, then mps, then cpu
+    amp: str = "auto"                  # "auto", "bf16", "fp16" or "off"
+    compile: bool = False
+    num_workers: int = 0
+    eval_every: int = 250
+    ckpt_every: int = 250
+    log_every: int = 10
+    max_minutes: Optional[float] = None  # stop (and save) after this wall time
+
+    def __post_init__(self):
+        fn = "TrainConfig"
+        for name in ("image_size", "train_size", "eval_size", "vocab_size", "tokenizer_corpus",
+                     "steps", "batch_size", "eval_every", "ckpt_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+        for name in ("warmup_steps", "num_workers", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{fn}: {name} must be an int >= 0, got {value!r}")
+        self.num_objects = tuple(self.num_objects)
+        if self.families is not None:
+            self.families = (self.families,) if isinstance(self.families, str) else tuple(self.families)
+        self.betas = tuple(self.betas)
+        self.freeze = (self.freeze,) if isinstance(self.freeze, str) else tuple(self.freeze)
+        if not 0 <= self.caption_fraction <= 1:
+            raise ValueError(f"{fn}: caption_fraction must be in [0, 1], got {self.caption_fraction!r}")
+        if not (0 < self.min_lr <= self.lr):
+            raise ValueError(f"{fn}: need 0 < min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
+        if self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError(f"{fn}: weight_decay must be >= 0 and grad_clip > 0, got "
+                             f"weight_decay={self.weight_decay!r}, grad_clip={self.grad_clip!r}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"{fn}: amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"{fn}: model must be a dict of MultimodalGPTConfig overrides, "
+                             f"got {type(self.model).__name__}")
+        fixed = {"vocab_size", "image_token_id", "image_size"} & set(self.model)
+        if fixed:
+            raise ValueError(f"{fn}: model must not set {sorted(fixed)}: they come from the "
+                             f"tokenizer and from TrainConfig.image_size")
+        unknown = set(self.model) - {f.name for f in dataclasses.fields(MultimodalGPTConfig)}
+        if unknown:
+            raise ValueError(f"{fn}: model has unknown MultimodalGPTConfig fields {sorted(unknown)}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"{fn}: max_minutes must be positive or None, got {self.max_minutes!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "TrainConfig":
+        """The named preset of :data:`PRESETS`, with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise ValueError(f"TrainConfig.preset: unknown preset {name!r}; the presets are "
+                             f"{sorted(PRESETS)}")
+        values = dict(PRESETS[name], preset=name)
+        model = dict(values.get("model", {}), **overrides.pop("model", {}))
+        values.update(overrides, model=model)
+        return cls(**values)
+
+
+PRESETS: Dict[str, dict] = {
+    # The easy task on a laptop: 1-2 objects at 32x32; shape, colour, count, existence and
+    # captions. Sized to finish in about 4 minutes on 2 CPU cores.
+    "cpu": dict(image_size=32, num_objects=(1, 2), families=("shape", "color", "count", "exist"),
+                steps=1_200, batch_size=64, lr=2e-3, min_lr=2e-4, warmup_steps=50,
+                eval_every=300, ckpt_every=300,
+                model=dict(dim=128, num_layers=4, num_heads=4, fusion="prefix", fused=True)),
+    # The full task on one GPU: 2-6 objects at 64x64, every question family (relations too).
+    "gpu": dict(image_size=64, num_objects=(2, 6), families=None, vocab_size=512,
+                steps=6_000, batch_size=256, lr=1e-3, min_lr=1e-4, warmup_steps=200,
+                eval_every=1_000, ckpt_every=1_000, num_workers=6, log_every=25,
+                model=dict(dim=256, num_layers=6, num_heads=8, fusion="prefix",
+                           fused=True, cnn_blocks=2)),
+    # A few seconds, for tests and for trying the command line.
+    "tiny": dict(image_size=32, num_objects=(1, 2), families=("shape", "color"),
+                 steps=20, batch_size=16, eval_size=64, vocab_size=300, tokenizer_corpus=2_000,
+                 warmup_steps=5, eval_every=10, ckpt_every=10, log_every=5,
+                 model=dict(dim=32, num_layers=1, num_heads=2)),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+class TaskMix:
+    """A shapes data set where a fixed share of the samples asks for the caption instead of
+    the question (their ``question``/``answer`` are dropped and ``family`` is ``"caption"``).
+    Which samples do is a pure function of the index, like everything else in the data."""
+
+    def __init__(self, dataset, caption_fraction: float, seed: int = 0):
+        self.dataset = dataset
+        self.caption_fraction = float(caption_fraction)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def is_caption(self, index: int) -> bool:
+        h = (index * 0x9E3779B97F4A7C15 + self.seed * 0xBF58476D1CE4E5B9) % 2**64
+        return h / 2**64 < self.caption_fraction
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        if self.is_caption(index):
+            sample = dict(sample, question=None, answer=None, family="caption")
+        return sample
+
+
+def build_tokenizer(config: TrainConfig) -> BPETokenizer:
+    """A BPE tokenizer trained on the book's caption corpus (deterministic, a few seconds)."""
+    return BPETokenizer.train(caption_corpus(config.tokenizer_corpus, seed=0), config.vocab_size)
+
+
+def build_datasets(config: TrainConfig) -> Dict[str, object]:
+    """The training mix and the evaluation splits: ``test`` (new scenes), ``heldout``
+    (the compositional split: colour-shape pairs never seen in training)."""
+    common = dict(image_size=config.image_size, num_objects=config.num_objects,
+                  families=config.families, seed=config.seed)
+    return {
+        "train": TaskMix(ShapesDataset("train", config.train_size, **common),
+                         config.caption_fraction, config.seed),
+        "test": ShapesDataset("test", config.eval_size, **common),
+        "heldout": ShapesDataset("heldout", config.eval_size, **common),
+    }
+
+
+def step_indices(step: int, config: TrainConfig, rank: int = 0, world: int = 1) -> List[int]:
+    """The training indices of step ``step`` for process ``rank`` of ``world``: the global
+    batch is a pure function of ``(seed, step)`` and each rank takes every ``world``-th."""
+    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    batch = torch.randint(config.train_size, (config.batch_size,), generator=g)
+    return batch[rank::world].tolist()
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """Batch sampler for a DataLoader: the indices of steps ``start .. steps - 1``."""
+
+    def __init__(self, config: TrainConfig, start: int, rank: int, world: int):
+        self.config, self.start, self.rank, self.world = config, start, rank, world
+
+    def __iter__(self) -> Iterator[List[int]]:
+        for step in range(self.start, self.config.steps):
+            yield step_indices(step, self.config, self.rank, self.world)
+
+    def __len__(self) -> int:
+        return max(0, self.config.steps - self.start)
+
+
+# --------------------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------------------
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: weight matrices and convolution kernels decay; biases, norms,
+    gates, embedding tables (the token table is tied to the output head) and position
+    tables do not."""
+    tables = {id(p) for m in model.modules()
+              if isinstance(m, nn.Embedding) or "Position" in type(m).__name__
+              for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and id(p) not in tables else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def _freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training the parameters whose names start with one of ``prefixes`` (and put
+    their modules' batch-norm statistics out of reach: frozen means frozen)."""
+    frozen = 0
+    for prefix in prefixes:
+        matched = [p for name, p in model.named_parameters() if name.startswith(prefix)]
+        if not matched:
+            raise ValueError(f"train: freeze={prefix!r} matches no parameter; top-level "
+                             f"parts are {sorted({n.split('.')[0] for n, _ in model.named_parameters()})}")
+        for p in matched:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def _train_mode(model: nn.Module, frozen_prefixes: Sequence[str]) -> None:
+    """``model.train()``, except frozen parts stay in eval mode (batch norm keeps its
+    running statistics, dropout stays off)."""
+    model.train()
+    for name, module in model.named_modules():
+        if any(name == p or name.startswith(p + ".") for p in frozen_prefixes):
+            module.eval()
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    if config.amp == "off":
+        return None
+    if config.amp == "auto":
+        return autocast_dtype(device)
+    if device.type != "cuda":
+        raise ValueError(f"TrainConfig: amp={config.amp!r} needs a CUDA device, got {device.type}")
+    return torch.bfloat16 if config.amp == "bf16" else torch.float16
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+def _config_dict(config) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))  # plain lists, no tuples
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a training checkpoint (``weights_only=True``) and check that it is one."""
+    fn = "load_checkpoint"
+    ckpt = load_weights_only(path, fn, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{fn}: {path} is not an mmgpt training checkpoint")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> Tuple[MultimodalGPT, BPETokenizer]:
+    """The model (eval mode, on the CPU) and the tokenizer stored in a training checkpoint."""
+    model = MultimodalGPT(MultimodalGPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    tokenizer = BPETokenizer(merges=ckpt["tokenizer"]["merges"])
+    return model.eval(), tokenizer
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+def _distributed(device: torch.device) -> Tuple[int, int, int]:
+    """``(rank, world, local_rank)``; starts the process group when run under torchrun,
+    with NCCL when the run trains on CUDA and gloo otherwise (``device="cpu"`` on a GPU
+    machine too)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _all_reduce_sum(t: Tensor, world: int) -> Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
+class _StopFlag:
+    """Turns SIGTERM (and SIGINT, Ctrl-C) into a polite request: the loop finishes its step,
+    saves a checkpoint and returns."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
+          evaluate_fn=None, stop_at: Optional[int] = None) -> dict:
+    """Train (or, with ``resume=True``, continue) a run in ``out_dir``; returns a summary
+    dict (final step, last loss, last evaluation, wall time, whether it was interrupted).
+
+    ``resume="auto"`` continues the run if ``out_dir`` holds a checkpoint and starts it
+    otherwise: what ``torchrun --max-restarts`` needs, since it restarts failed processes
+    with the same arguments. ``stop_at`` stops after that step as an interruption would
+    (save, then return), so that tests and the book can show that ``resume`` continues
+    exactly. Under torchrun only rank 0 evaluates; the other ranks report ``eval=None``."""
+    from .evaluate import evaluate_splits  # evaluate imports this module's helpers
+
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"train: resume must be True, False or 'auto', got {resume!r}")
+    evaluate_fn = evaluate_fn or evaluate_splits
+    device = get_device(None if config.device == "auto" else config.device)
+    rank, world, local_rank = _distributed(device)
+    if config.batch_size % world:
+        raise ValueError(f"train: batch_size={config.batch_size} must be divisible by the "
+                         f"number of processes ({world})")
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    metrics_path = os.path.join(out_dir, METRICS)
+    if resume == "auto":
+        resume = os.path.exists(ckpt_path)
+
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+
+    start = 0
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        saved = TrainConfig(**ckpt["train_config"])
+        if _config_dict(saved) != _config_dict(config):
+            diff = [k for k, v in _config_dict(config).items() if _config_dict(saved)[k] != v]
+            raise ValueError(f"train: --resume with another config than the run in {out_dir}; "
+                             f"it differs in {diff}")
+        tokenizer = BPETokenizer(merges=ckpt["tokenizer"]["merges"])
+        start = int(ckpt["step"])
+    else:
+        if os.path.exists(ckpt_path):
+            raise FileExistsError(f"train: {out_dir} already holds a run ({CHECKPOINT}); pass "
+                                  f"resume=True (--resume) to continue it or choose another folder")
+        init = load_checkpoint(config.init_from) if config.init_from else None
+        tokenizer = (BPETokenizer(merges=init["tokenizer"]["merges"]) if init
+                     else build_tokenizer(config))
+        if rank == 0:
+            tokenizer.save(os.path.join(out_dir, TOKENIZER))
+
+    torch.manual_seed(config.seed)
+    model_config = MultimodalGPTConfig.for_tokenizer(tokenizer, image_size=config.image_size,
+                                                     **config.model)
+    model = MultimodalGPT(model_config)
+    if not resume and config.init_from:
+        if MultimodalGPTConfig(**init["model_config"]) != model_config:
+            raise ValueError(f"train: init_from={config.init_from} holds a model with another "
+                             f"config than this run's; give both runs the same model settings")
+        model.load_state_dict(init["model"])
+        del init
+    frozen = _freeze(model, config.freeze)
+    model.to(device)
+    optimizer = make_optimizer(model, config)
+    amp = _amp_dtype(config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    if resume:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        _truncate_metrics(metrics_path, start)
+        del ckpt
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+
+    datasets = build_datasets(config)
+    collate = Collate(tokenizer, task="auto", image_tokens=1,
+                      max_length=model_config.context_length)
+    loader = torch.utils.data.DataLoader(
+        datasets["train"], batch_sampler=_StepBatches(config, start, rank, world),
+        collate_fn=collate, num_workers=config.num_workers,
+        persistent_workers=False, pin_memory=device.type == "cuda")
+
+    def save(step: int) -> None:
+        if rank == 0:
+            save_atomic({"format": CHECKPOINT_FORMAT, "version": 1, "step": step,
+                         "train_config": _config_dict(config),
+                         "model_config": _config_dict(model_config),
+                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), "tokenizer": tokenizer.to_dict()},
+                        ckpt_path)
+
+    def log(record: dict) -> None:
+        if rank == 0:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_eval(step: int) -> Optional[dict]:
+        if rank != 0:
+            return None
+        result = evaluate_fn(model, tokenizer, datasets, device, collate)
+        log({"kind": "eval", "step": step, **result})
+        return result
+
+    autocast = (torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext())
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=start, disable=not progress or rank != 0,
+               desc=f"train {config.preset}", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    window_t, window_samples = t0, 0
+    step, loss_value, last_eval, interrupted = start, float("nan"), None, None
+    _train_mode(model, config.freeze)
+    with _StopFlag() as stop:
+        for batch in loader:
+            images = batch["images"].to(device, non_blocking=True)
+            input_ids = batch["input_ids"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            # The loss is the mean over every predicted token of the *global* batch.
+            targets = labels[:, 1:]
+            count = _all_reduce_sum((targets != IGNORE_INDEX).sum().float(), world)
+            with autocast:
+                logits, _ = net(images, input_ids)
+                loss_sum = cross_entropy(logits[:, :-1].float(), targets, reduction="sum")
+            loss = loss_sum * world / count  # DDP averages gradients over the world
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            window_samples += config.batch_size
+            if step % config.log_every == 0 or step == config.steps:
+                loss_value = float(_all_reduce_sum(loss_sum.detach().float(), world) / count)
+                now = time.perf_counter()
+                speed = window_samples / max(now - window_t, 1e-9)
+                window_t, window_samples = now, 0
+                log({"kind": "train", "step": step, "loss": loss_value,
+                     "lr": optimizer.param_groups[0]["lr"], "samples_per_s": speed})
+                bar.set_postfix(loss=f"{loss_value:.3f}", samples_s=f"{speed:.0f}")
+            bar.update(1)
+            out_of_time = (config.max_minutes is not None
+                           and time.perf_counter() - t0 > 60 * config.max_minutes)
+            if world > 1:  # every rank stops after the same step, or the others would hang
+                flags = torch.tensor([bool(stop.signal), out_of_time], device=device).float()
+                out_of_time = bool(_all_reduce_sum(flags, world)[1])
+                if flags[0] and not stop.signal:
+                    stop.signal = "SIGTERM"  # another rank was asked to stop
+            if stop.signal or out_of_time or step == stop_at:
+                interrupted = stop.signal or ("max_minutes" if out_of_time else "stop_at")
+                save(step)
+                break
+            if step % config.eval_every == 0 or step == config.steps:
+                last_eval = run_eval(step)
+                _train_mode(model, config.freeze)
+            if step % config.ckpt_every == 0 or step == config.steps:
+                save(step)
+    bar.close()
+    if interrupted and last_eval is None:
+        last_eval = run_eval(step)
+    return {"step": step, "loss": loss_value, "eval": last_eval, "interrupted": interrupted,
+            "seconds": time.perf_counter() - t0, "out_dir": out_dir,
+            "parameters": model.num_parameters(), "frozen_parameters": frozen,
+            "device": str(device), "world": world}
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop metric lines past ``step`` (written after the checkpoint we resume from)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """``["steps=500", "model.dim=64"]`` -> ``{"steps": 500, "model": {"dim": 64}}`` (values
+    are read as JSON where they parse, else kept as strings)."""
+    out: dict = {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects name=value, got {pair!r}")
+        name, value = pair.split("=", 1)
+        if name.startswith("model."):
+            out.setdefault("model", {})[name[len("model."):]] = _parse_value(value)
+        elif name in fields:
+            out[name] = _parse_value(value)
+        else:
+            raise ValueError(f"--set: unknown field {name!r}; TrainConfig has {sorted(fields)} "
+                             f"(and model.<field> for the model)")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmgpt.train",
+                                     description="Train a MultimodalGPT on the shapes scenes.")
+    parser.add_argument("--preset", default="cpu", help=f"one of {sorted(PRESETS)} (default cpu)")
+    parser.add_argument("--out", required=True, help="output folder (checkpoint, metrics)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="continue the run in --out if it holds a checkpoint, else start "
+                             "it (for torchrun --max-restarts, which reruns the same command)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a TrainConfig field, e.g. steps=500 or model.dim=64")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig.from_preset(args.preset, **parse_overrides(args.set))
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        resume = "auto" if args.auto_resume else args.resume
+        result = train(config, args.out, resume=resume, progress=not args.no_progress)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        parser.error(str(err))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in result.items()}, indent=1))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 130 if result["interrupted"] in ("SIGINT", "SIGTERM") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
