@@ -2,23 +2,45 @@
 
 Each module is one idea of the book, and the chapter that builds it checks it against PyTorch:
 
-===================  ===================================================  =========
-module               what it holds                                        chapter
-===================  ===================================================  =========
-``mmgpt.conv``       2-D convolution (``conv2d``, ``Conv2d``)               01
-``mmgpt.pooling``    max, average and adaptive average pooling             02
-``mmgpt.cnn``        ``ResidualBlock``, ``SmallCNN``, ``receptive_field``   02
-``mmgpt.patches``    patch sequences, ``PatchEmbed``, position embeddings  03
-``mmgpt.tokenizer``  byte-level BPE tokenizer with special tokens         04
-``mmgpt.data``       shapes scenes, digit strings, your own folder;       04
-                     batching, baselines
-``mmgpt.attention``  attention, masks, ``MultiHeadAttention``, KV cache  05-06
-``mmgpt.loss``       cross-entropy (classes last), log-sum-exp, CLIP loss  09
-``mmgpt.utils``      seeding, device choice, autocast dtype, atomic save   all
-``mmgpt.book``       helpers for reading the book (show_source)            all
-===================  ===================================================  =========
+=====================  =============================================================  =======
+module                 what it holds                                                  chapter
+=====================  =============================================================  =======
+``mmgpt.conv``         2-D convolution (``conv2d``, ``Conv2d``)                       01
+``mmgpt.pooling``      max, average and adaptive average pooling                      02
+``mmgpt.cnn``          ``ResidualBlock``, ``SmallCNN``, ``receptive_field``           02
+``mmgpt.patches``      patch sequences, ``PatchEmbed``, position embeddings           03
+``mmgpt.tokenizer``    byte-level BPE tokenizer with special tokens                   04
+``mmgpt.data``         shapes scenes, digit strings, your own folder; batching        04
+``mmgpt.attention``    attention, masks, ``MultiHeadAttention``, KV cache             05-06
+``mmgpt.transformer``  ``LayerNorm``, ``MLP``, pre-norm ``Block``, ``GPT``, sampling  07
+``mmgpt.fusion``       prefix, gated cross-attention and late fusion                  08
+``mmgpt.model``        ``MultimodalGPT``: image encoder, projector, fusion, decoder   08
+``mmgpt.loss``         cross-entropy (classes last), log-sum-exp, CLIP loss           09
+``mmgpt.train``        the training loop: presets, resume, fine-tuning, DDP           10, 13
+``mmgpt.evaluate``     accuracy per question family and split, baselines, plots       10-11
+``mmgpt.bench``        training speed: samples/s, tokens/s, MFU                       11, 13
+``mmgpt.utils``        seeding, device choice, autocast dtype, atomic save            all
+``mmgpt.book``         helpers for reading the book (show_source)                     all
+=====================  =============================================================  =======
+
+``mmgpt.train``, ``mmgpt.evaluate`` and ``mmgpt.bench`` are also command-line programs
+(``python -m mmgpt.train --help``), so ``import mmgpt`` leaves them to be imported by name.
 """
-from . import attention, book, cnn, conv, data, loss, patches, pooling, tokenizer, utils
+from . import (
+    attention,
+    book,
+    cnn,
+    conv,
+    data,
+    fusion,
+    loss,
+    model,
+    patches,
+    pooling,
+    tokenizer,
+    transformer,
+    utils,
+)
 from .book import show_source
 from .utils import get_device, seed_everything, setup
 
@@ -30,10 +52,13 @@ __all__ = [
     "cnn",
     "conv",
     "data",
+    "fusion",
     "loss",
+    "model",
     "patches",
     "pooling",
     "tokenizer",
+    "transformer",
     "utils",
     "show_source",
     "setup",
