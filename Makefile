@@ -13,7 +13,7 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
-NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300 -p no:cacheprovider
+NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
 BOOK_OPTS  := -W -n --keep-going --builder html
 
 .PHONY: book book-offline test test-package test-notebooks test-browser test-fresh-env execute setup-cells figures venv clean
