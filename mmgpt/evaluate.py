@@ -162,6 +162,7 @@ def plot_metrics(metrics, ax=None, title: Optional[str] = None):
         ax[1].legend(fontsize=8, loc="lower right")
     if title:
         ax[0].figure.suptitle(title)
+    ax[0].figure.tight_layout()
     return ax
 
 

@@ -253,3 +253,14 @@ def test_fine_tuning_starts_from_a_checkpoint_and_frozen_parts_do_not_move(tmp_p
     assert result["frozen_parameters"] > 0
     with pytest.raises(ValueError, match="matches no parameter"):
         tr.train(tiny(steps=1, freeze=("vision",)), tmp_path / "bad", progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_the_gpu_run_script_refuses_without_a_gpu(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable,
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_run.sh"), str(tmp_path / "run")],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "no CUDA device is visible" in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
