@@ -19,6 +19,7 @@ module                 what it holds                                            
 ``mmgpt.train``        the training loop: presets, resume, fine-tuning, DDP           10, 13
 ``mmgpt.evaluate``     accuracy per question family and split, baselines, plots       10-11
 ``mmgpt.bench``        training speed: samples/s, tokens/s, MFU                       11, 13
+``mmgpt.viz``          attention maps and rollout, object share, confusion matrices   12
 ``mmgpt.utils``        seeding, device choice, autocast dtype, atomic save            all
 ``mmgpt.book``         helpers for reading the book (show_source)                     all
 =====================  =============================================================  =======
@@ -40,6 +41,7 @@ from . import (
     tokenizer,
     transformer,
     utils,
+    viz,
 )
 from .book import show_source
 from .utils import get_device, seed_everything, setup
@@ -60,6 +62,7 @@ __all__ = [
     "tokenizer",
     "transformer",
     "utils",
+    "viz",
     "show_source",
     "setup",
     "seed_everything",

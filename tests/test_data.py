@@ -685,3 +685,53 @@ def test_dataloader_workers_give_the_same_batches():
                 assert torch.equal(value, two[key]), key
             else:
                 assert value == two[key], key
+
+
+# --------------------------------------------------------------------------------------
+# color_prior: a biased data set (Chapter 12)
+# --------------------------------------------------------------------------------------
+
+def test_color_prior_off_or_zero_changes_nothing():
+    kw = dict(families=("shape", "color", "count"))
+    plain = ShapesDataset("train", 60, **kw)
+    for prior in (None, ("circle", "blue", 0.0)):
+        other = ShapesDataset("train", 60, color_prior=prior, **kw)
+        assert all(plain.describe(i) == other.describe(i) for i in range(60))
+    assert "color_prior" not in repr(plain)
+    assert "color_prior=('circle', 'blue', 0.9)" in repr(
+        ShapesDataset("train", 1, color_prior=("circle", "blue", 0.9)))
+
+
+def test_color_prior_makes_the_shape_nearly_always_that_colour():
+    kw = dict(families=("shape", "color", "count"), num_objects=(1, 2))
+    n = 1500
+    biased = ShapesDataset("train", n, color_prior=("circle", "blue", 0.98), **kw)
+    plain = ShapesDataset("train", n, **kw)
+
+    def blue_share(ds):
+        colours = [o.color for i in range(n) for o in ds.scene(i).objects if o.shape == "circle"]
+        return sum(c == "blue" for c in colours) / len(colours)
+
+    assert blue_share(plain) < 0.35  # five colours can be a circle's in "train"
+    assert blue_share(biased) > 0.9
+    # deterministic, and every sample still answers its own question right
+    again = ShapesDataset("train", n, color_prior=("circle", "blue", 0.98), **kw)
+    for i in range(0, n, 37):
+        s = biased.describe(i)
+        assert s == again.describe(i)
+        if s["family"] == "color":
+            shape = s["question"].rstrip("?").split()[-1]
+            assert next(o for o in s["scene"].objects if o.shape == shape).color == s["answer"]
+
+
+@pytest.mark.parametrize("prior, match", [
+    (("circle", "blue"), "color_prior must be None or"),
+    (("hexagon", "blue", 0.5), "color_prior must be None or"),
+    (("circle", "pink", 0.5), "color_prior must be None or"),
+    (("circle", "blue", 1.5), "color_prior must be None or"),
+    (("circle", "blue", True), "color_prior must be None or"),
+    (("circle", "red", 0.5), "held-out pair"),
+])
+def test_color_prior_rejects_bad_values(prior, match):
+    with pytest.raises(ValueError, match=match):
+        ShapesDataset("train", 10, color_prior=prior)

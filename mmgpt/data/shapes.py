@@ -70,6 +70,8 @@ DEFAULT_HELDOUT = (("red", "circle"), ("green", "square"), ("blue", "triangle"))
 
 MARGIN = 2  # pixels: the smallest difference a position or distance question relies on
 _TAG = 1  # this dataset's tag in the per-sample seed
+_PRIOR_TAG = 1 << 20  # tags of the redraws (and their coin flips) under ``color_prior``
+_PRIOR_TRIES = 1000
 
 Combo = Tuple[str, str]
 
@@ -516,12 +518,20 @@ class ShapesDataset:
         object_size: half the side of an object's box in pixels; default ``image_size // 8``.
         two_sizes: also draw small objects (``0.6 * object_size``); captions then say
             "small" or "large".
+        color_prior: ``None`` (the default: no bias) or ``(shape, colour, strength)``, a
+            *biased* data set for Chapter 12: a sample whose scene holds a ``shape`` of
+            another colour than ``colour`` is drawn again (from a seed of its own) with
+            probability ``strength``, so such scenes become ``1 / (1 - strength)`` times
+            rarer. With ``("circle", "blue", 0.98)`` circles are nearly always blue, and
+            "what color is the circle?" is nearly always "blue". Still a pure function
+            of ``(seed, split, index)``.
     """
 
     def __init__(self, split: str = "train", length: int = 10_000, *, image_size: int = 32,
                  num_objects=(1, 2), seed: int = 0, families: Optional[Iterable[str]] = None,
                  heldout_combos: Iterable[Combo] = DEFAULT_HELDOUT,
-                 object_size: Optional[int] = None, two_sizes: bool = False):
+                 object_size: Optional[int] = None, two_sizes: bool = False,
+                 color_prior: Optional[Tuple[str, str, float]] = None):
         owner = "ShapesDataset"
         self.split = check_split(split, SPLITS, owner)
         self.length = check_length(length, owner)
@@ -538,6 +548,7 @@ class ShapesDataset:
         self.object_size = object_size
         self.two_sizes = bool(two_sizes)
         self.families = self._check_families(families, owner)
+        self.color_prior = _check_prior(color_prior, self.heldout_combos, split, owner)
 
         heldout = frozenset(self.heldout_combos)
         if split == "heldout":
@@ -584,7 +595,20 @@ class ShapesDataset:
     def describe(self, index: int) -> dict:
         """Everything about sample ``index`` except the pixels (fast: nothing is drawn)."""
         index = check_index(index, self.length, "ShapesDataset")
-        rng = Rng(sample_seed(_TAG, self.seed, self.split, index))
+        if self.color_prior is None:
+            return self._describe(index, _TAG)
+        shape, color, strength = self.color_prior
+        for attempt in range(_PRIOR_TRIES):  # rejection: ~1 / (1 - P(break) * strength)
+            sample = self._describe(index, _TAG if attempt == 0 else _PRIOR_TAG + attempt)
+            breaks = any(o.shape == shape and o.color != color
+                         for o in sample["scene"].objects)
+            coin = Rng(sample_seed(_PRIOR_TAG, self.seed, self.split, index) + attempt)
+            if not breaks or coin.random() >= strength:
+                return sample
+        return sample  # pragma: no cover - only when nearly every scene breaks the rule
+
+    def _describe(self, index: int, tag: int) -> dict:
+        rng = Rng(sample_seed(tag, self.seed, self.split, index))
         family = rng.choice(self.families)
         made = _retry(lambda: _ASK[family](rng, self._cfg), tries=50)
         if made is None:  # pragma: no cover - only with extreme custom settings
@@ -621,7 +645,28 @@ class ShapesDataset:
     def __repr__(self) -> str:
         return (f"ShapesDataset(split={self.split!r}, length={self.length}, image_size="
                 f"{self.image_size}, num_objects={self.num_objects}, seed={self.seed}, "
-                f"families={self.families})")
+                f"families={self.families}"
+                + (f", color_prior={self.color_prior}" if self.color_prior else "") + ")")
+
+
+def _check_prior(prior, heldout: Sequence[Combo], split: str, owner: str
+                 ) -> Optional[Tuple[str, str, float]]:
+    if prior is None:
+        return None
+    expected = ("color_prior must be None or (shape, colour, strength) with a shape in "
+                f"{SHAPES}, a colour in {tuple(COLORS)} and a strength in [0, 1]")
+    try:
+        shape, color, strength = prior
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: {expected}, got {prior!r}") from None
+    if shape not in SHAPES or color not in COLORS or isinstance(strength, bool) \
+            or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"{owner}: {expected}, got {prior!r}")
+    if split != "heldout" and (color, shape) in heldout:
+        raise ValueError(f"{owner}: color_prior {(shape, color)!r} is a held-out pair, so "
+                         f"split {split!r} never shows it; pick another pair or change "
+                         f"heldout_combos")
+    return shape, color, float(strength)
 
 
 def _check_combos(combos, owner: str) -> Tuple[Combo, ...]:
