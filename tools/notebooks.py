@@ -49,7 +49,7 @@ def setup_source() -> str:
 def chapter_paths(names=()) -> list[pathlib.Path]:
     if names:
         return [pathlib.Path(n).resolve() for n in names]
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
 def first_code_cell(nb):
