@@ -264,3 +264,13 @@ def test_the_gpu_run_script_refuses_without_a_gpu(tmp_path):
     assert result.returncode != 0
     assert "no CUDA device is visible" in result.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("preset", sorted(tr.PRESETS))
+def test_every_preset_trains_a_step_and_evaluates(preset, tmp_path):
+    # The presets' data, model and evaluation fit together (the gpu preset's longest caption
+    # fits its context, its model builds), checked on the CPU with a tiny batch.
+    config = tr.TrainConfig.from_preset(preset, steps=1, batch_size=4, eval_size=4,
+                                        tokenizer_corpus=500, num_workers=0, device="cpu")
+    result = tr.train(config, tmp_path, progress=False)
+    assert result["step"] == 1 and set(result["eval"]["test"]) >= {"all"}
