@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-__all__ = ["show_source", "PIPELINE", "pipeline_diagram"]
+__all__ = ["show_source", "png_bytes", "PIPELINE", "pipeline_diagram"]
 
 
 def show_source(obj, start: str | None = None):
@@ -31,6 +31,37 @@ def show_source(obj, start: str | None = None):
     module = getattr(obj, "__module__", None) or getattr(obj, "__name__", "")
     header = f"# from {module}\n" if module.startswith("mmgpt") else ""
     return Markdown(f"```python\n{header}{source.rstrip()}\n```")
+
+
+def png_bytes(image, scale: int = 1, optimize: bool = True) -> bytes:
+    """An image as PNG bytes, for ``ipywidgets.Image`` (widgets render in the static book).
+
+    ``image`` is a tensor or array in [0, 1]: ``(H, W)`` (grey), ``(3, H, W)`` (a tensor,
+    channels first, as the book's data gives them) or ``(H, W, 3)`` (an array). ``scale``
+    enlarges it with crisp pixels (nearest neighbour).
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if pixels.ndim == 3 and pixels.shape[0] in (1, 3) and pixels.shape[-1] not in (1, 3):
+        pixels = pixels.transpose(1, 2, 0)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] != 3):
+        raise ValueError(f"png_bytes: image must be (H, W), (3, H, W) or (H, W, 3), got "
+                         f"shape {tuple(pixels.shape)}")
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise ValueError(f"png_bytes: scale must be a positive int, got {scale!r}")
+    picture = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale),
+                                 Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="png", optimize=optimize)
+    return buffer.getvalue()
 
 
 # The book's map: (label, chapters, key). Every chapter highlights its own stage.

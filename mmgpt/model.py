@@ -63,6 +63,8 @@ __all__ = [
     "build_fusion",
     "MultimodalGPT",
     "make_labels",
+    "prompt_ids",
+    "generate_text",
 ]
 
 IGNORE_INDEX = -100
@@ -605,3 +607,38 @@ class MultimodalGPT(nn.Module):
         c = self.config
         return (f"fusion={c.fusion!r}, encoder={c.encoder!r}, image_tokens="
                 f"{self.num_image_tokens}, params={self.num_parameters():,}")
+
+
+# --------------------------------------------------------------------------------------
+# Text in, text out
+# --------------------------------------------------------------------------------------
+
+def prompt_ids(tokenizer, question: Optional[str] = None) -> list:
+    """The prompt the book's data trains on: ``<bos> <image> question <sep>`` asks for the
+    answer, ``<bos> <image> <sep>`` (no question) for a caption; what ``Collate`` builds
+    before the target."""
+    words = tokenizer.encode(question) if question else []
+    return [tokenizer.bos_id, tokenizer.image_id] + words + [tokenizer.sep_id]
+
+
+def generate_text(model: MultimodalGPT, tokenizer, image: Tensor,
+                  question: Optional[str] = None, *, max_new_tokens: Optional[int] = None,
+                  temperature: float = 0.0, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None,
+                  generator: Optional[torch.Generator] = None) -> str:
+    """The model's answer to ``question`` about ``image`` (a ``(C, H, W)`` tensor), or its
+    caption when there is no question, as text up to ``<eos>``. Greedy by default
+    (``temperature=0``); ``max_new_tokens`` defaults to what the context leaves."""
+    fn = "generate_text"
+    if not isinstance(image, Tensor) or image.dim() != 3:
+        raise ValueError(f"{fn}: image must be one (C, H, W) tensor, got {_describe(image)}")
+    prompt = torch.tensor([prompt_ids(tokenizer, question)], device=image.device)
+    if max_new_tokens is None:
+        max_new_tokens = model.config.context_length - prompt.shape[1]
+    out = model.generate(image[None], prompt, max_new_tokens, temperature=temperature,
+                         top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
+                         generator=generator)
+    new = out[0, prompt.shape[1]:].tolist()
+    if tokenizer.eos_id in new:
+        new = new[:new.index(tokenizer.eos_id)]
+    return tokenizer.decode(new, skip_special=True)

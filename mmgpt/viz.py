@@ -273,17 +273,17 @@ def object_share(attention: Tensor, coverage: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def answer_questions(model, tokenizer, samples: Sequence[dict], *, collate=None,
+def answer_questions(model, tokenizer, samples: Sequence[dict], *,
                      max_new_tokens: int = 4, batch_size: int = 256) -> List[str]:
     """The model's greedy answer to each sample's question (``image`` and ``question``),
-    as text. Samples are batched by prompt length, so no prompt is padded."""
-    from .data import make_collate
+    as text: :func:`mmgpt.model.generate_text` for many samples at once. Samples are
+    batched by prompt length, so no prompt is padded."""
+    from .model import prompt_ids
 
     if not isinstance(samples, (list, tuple)) or not samples:
         raise ValueError(f"answer_questions: samples must be a non-empty list of samples, "
                          f"got {_describe(samples)}")
-    collate = collate or make_collate(tokenizer)
-    prompts = [collate.encode(dict(s, answer=""))[0][:-1] for s in samples]  # no <eos>
+    prompts = [prompt_ids(tokenizer, s["question"]) for s in samples]
     answers: List[Optional[str]] = [None] * len(samples)
     by_length: dict = {}
     for k, p in enumerate(prompts):

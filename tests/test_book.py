@@ -125,3 +125,25 @@ def test_nbval_fails_when_a_checked_number_changes(tmp_path):
     passed, failed = nbval(good), nbval(bad)
     assert passed.returncode == 0, passed.stdout[-2000:]
     assert failed.returncode != 0 and "3.1417" in failed.stdout, failed.stdout[-2000:]
+
+
+def test_png_bytes_round_trips_pixels_and_refuses_bad_shapes():
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mmgpt.book import png_bytes
+
+    rgb = torch.rand(3, 5, 7)
+    back = np.asarray(Image.open(io.BytesIO(png_bytes(rgb, scale=2))))
+    assert back.shape == (10, 14, 3)
+    expected = (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(back[::2, ::2], expected)
+    grey = np.asarray(Image.open(io.BytesIO(png_bytes(torch.rand(4, 6)))))
+    assert grey.shape == (4, 6)
+    with pytest.raises(ValueError, match="png_bytes: image must be"):
+        png_bytes(torch.rand(2, 4, 5, 6))
+    with pytest.raises(ValueError, match="scale must be a positive int"):
+        png_bytes(rgb, scale=0)

@@ -347,3 +347,33 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(fusion):
     assert losses[-1] < 0.7 * losses[0], losses
     if fusion == "cross":  # training opens the gates
         assert model.fusion.gates().abs().min() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Text in, text out
+# ---------------------------------------------------------------------------------------------
+
+def test_prompt_ids_and_generate_text_follow_collate_and_generate():
+    from mmgpt.data import Collate, ShapesDataset, caption_corpus
+    from mmgpt.model import generate_text, prompt_ids
+    from mmgpt.tokenizer import BPETokenizer
+
+    tok = BPETokenizer.train(caption_corpus(300, seed=0), vocab_size=300)
+    torch.manual_seed(0)
+    model = MultimodalGPT(MultimodalGPTConfig.for_tokenizer(tok, dim=32, num_layers=1,
+                                                            num_heads=2))
+    sample = ShapesDataset("test", 4)[1]
+    for task, question in (("qa", sample["question"]), ("caption", None)):
+        ids, length = Collate(tok, task=task).encode(sample)
+        assert prompt_ids(tok, question) == ids[:length]
+        prompt = torch.tensor([ids[:length]])
+        room = model.config.context_length - length
+        out = model.generate(sample["image"][None], prompt, room, temperature=0,
+                             eos_id=tok.eos_id)[0, length:].tolist()
+        if tok.eos_id in out:
+            out = out[: out.index(tok.eos_id)]
+        expected = tok.decode(out, skip_special=True)
+        assert generate_text(model, tok, sample["image"], question) == expected
+    assert generate_text(model, tok, sample["image"], max_new_tokens=0) == ""
+    with pytest.raises(ValueError, match="image must be one \\(C, H, W\\) tensor"):
+        generate_text(model, tok, sample["image"][None], "what color is the square?")
