@@ -2,6 +2,7 @@
 #   make book   build the rendered book into _build/html (creates .venv on first use)
 #   make test   run the package tests and re-execute every chapter with nbval
 # Authoring:    make execute (re-run notebooks in place, saving outputs and widget state),
+#               make test-robust (nbval under perturbations that imitate other machines),
 #               make setup-cells (rewrite every chapter's set-up cell from the template),
 #               make book-offline (the book with MathJax and widgets served locally).
 #
@@ -16,7 +17,7 @@ STAMP      := $(VENV)/.installed
 NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
 BOOK_OPTS  := -W -n --keep-going --builder html
 
-.PHONY: book book-offline test test-package test-notebooks test-browser test-fresh-env execute setup-cells figures venv clean
+.PHONY: book book-offline test test-package test-notebooks test-robust test-browser test-fresh-env execute setup-cells figures venv clean
 
 venv: $(STAMP)
 
@@ -50,6 +51,12 @@ test-browser: book-offline
 
 test-fresh-env: $(STAMP)
 	$(BIN)/python -m pytest tests/test_fresh_env.py -p no:cacheprovider
+
+# Before landing a chapter whose outputs depend on training: nbval under settings that imitate
+# other machines (other training seeds, thread counts, AVX2 kernels, a busy machine); see
+# tools/robust.py. `make test-robust NB=notebooks/07_transformer_decoder.ipynb ROBUST="-s seed1"`.
+test-robust: $(STAMP)
+	$(BIN)/python tools/robust.py $(ROBUST) $(NB)
 
 execute: $(STAMP)
 	$(BIN)/python tools/notebooks.py execute $(NB)
