@@ -122,10 +122,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="how many seed settings (default 3)")
     parser.add_argument("--jobs", type=int, default=1, help="settings run at the same time (not 'busy')")
     parser.add_argument("--report", action="store_true", help="only print the report of earlier runs")
-    parser.add_argument("--out", default=str(OUT), help="folder for the records (default _build/robust)")
+    parser.add_argument("--out", help="folder for the records (default _build/robust)")
     args = parser.parse_args(argv)
-    global OUT
-    OUT = pathlib.Path(args.out).resolve()
+    if args.out:
+        global OUT
+        OUT = pathlib.Path(args.out).resolve()
     table = settings(args.seeds)
     chosen = args.setting or list(table)
     unknown = [name for name in chosen if name not in table and not name.startswith("seed")]
