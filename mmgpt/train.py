@@ -544,8 +544,8 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
                 out_of_time = bool(_all_reduce_sum(flags, world)[1])
                 if flags[0] and not stop.signal:
                     stop.signal = "SIGTERM"  # another rank was asked to stop
-            if stop.signal or out_of_time or step == stop_at:
-                interrupted = stop.signal or ("max_minutes" if out_of_time else "stop_at")
+            if stop.signal or out_of_time:  # save at once: the machine may be going away
+                interrupted = stop.signal or "max_minutes"
                 save(step)
                 break
             if step % config.eval_every == 0 or step == config.steps:
@@ -553,6 +553,10 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
                 _train_mode(model, config.freeze)
             if step % config.ckpt_every == 0 or step == config.steps:
                 save(step)
+            if step == stop_at and step < config.steps:  # a planned pause: after this step's
+                interrupted = "stop_at"                  # evaluation, as a straight run has it
+                save(step)
+                break
     bar.close()
     if interrupted and last_eval is None:
         last_eval = run_eval(step)

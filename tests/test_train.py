@@ -143,7 +143,7 @@ def test_loss_falls_and_evaluation_is_reported(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    config = tiny(steps=12, ckpt_every=1_000, log_every=1)
+    config = tiny(steps=12, ckpt_every=1_000, log_every=1, eval_every=5)
     tr.train(config, tmp_path / "straight", progress=False)
     first = tr.train(config, tmp_path / "resumed", progress=False, stop_at=5)
     assert first["interrupted"] == "stop_at" and first["step"] == 5
@@ -153,6 +153,10 @@ def test_resume_continues_exactly(tmp_path):
     tr.train(config, tmp_path / "auto", progress=False, resume="auto")
     for other in ("resumed", "auto"):
         assert losses(tmp_path / "straight") == losses(tmp_path / other)
+        # a pause at an evaluation step (5) keeps that evaluation, as the straight run has it
+        evals = [ev.load_metrics(tmp_path / name)["eval"] for name in ("straight", other)]
+        assert [e["step"] for e in evals[1]] == [5, 10, 12]
+        assert evals[0] == evals[1]
         a = tr.load_checkpoint(tmp_path / "straight" / tr.CHECKPOINT)["model"]
         b = tr.load_checkpoint(tmp_path / other / tr.CHECKPOINT)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a)
