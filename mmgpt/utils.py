@@ -47,13 +47,17 @@ def get_device(prefer: str | None = None) -> torch.device:
 def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     """The reduced-precision dtype to train in on ``device``, or ``None`` for plain fp32.
 
-    bf16 where the GPU supports it (Ampere and newer), fp16 on older GPUs such as Colab's T4
-    (use it with a gradient scaler), and fp32 on the CPU and MPS.
+    bf16 where the GPU computes it natively (compute capability 8.0 and newer: A100, L4,
+    A10G, H100), fp16 on older GPUs such as Colab's T4 (7.5; use it with a gradient scaler),
+    and fp32 on the CPU and MPS. ``torch.cuda.is_bf16_supported()`` is not the test: by
+    default it also answers True where bf16 is only emulated, as on a T4, where it is slow
+    and cuDNN has no bf16 convolutions.
     """
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> torch.device:

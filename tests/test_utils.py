@@ -39,3 +39,21 @@ def test_load_weights_only_names_the_caller_and_the_problem(tmp_path):
         load_weights_only(tmp_path / "code.pt", "caller")
     save_atomic({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert torch.equal(load_weights_only(tmp_path / "ok.pt", "caller")["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("capability, expected", [
+    ((7, 5), torch.float16),   # T4 (Colab's free GPU): bf16 only emulated -> fp16 + scaler
+    ((7, 0), torch.float16),   # V100
+    ((8, 0), torch.bfloat16),  # A100
+    ((8, 6), torch.bfloat16),  # A10G
+    ((8, 9), torch.bfloat16),  # L4
+    ((9, 0), torch.bfloat16),  # H100, H200
+])
+def test_autocast_dtype_follows_the_compute_capability_not_emulation(monkeypatch, capability, expected):
+    from mmgpt.utils import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    # torch's own answer counts emulated bf16 (a T4 says True); it must not decide.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype("cuda") is expected
+    assert autocast_dtype("cpu") is None and autocast_dtype("mps") is None

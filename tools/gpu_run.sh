@@ -41,7 +41,7 @@ env = {
     "driver": run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
     "torch": torch.__version__,
     "cuda": torch.version.cuda,
-    "bf16": torch.cuda.is_bf16_supported(),
+    "bf16": torch.cuda.get_device_capability()[0] >= 8,
     "python": platform.python_version(),
     "cpus": os.cpu_count(),
     "date": time.strftime("%Y-%m-%d", time.gmtime()),
