@@ -58,13 +58,13 @@ def run_setting(name: str, env_extra: dict[str, str], notebooks: list[str]) -> s
     OUT.mkdir(parents=True, exist_ok=True)
     record = OUT / f"{name}.jsonl"
     record.unlink(missing_ok=True)
-    ipython_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"robust-{name}-"))
-    startup = ipython_dir / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    shutil.copy(ROOT / "tools" / "robust_startup.py", startup / "00-robust.py")
-    env = dict(os.environ, IPYTHONDIR=str(ipython_dir), MMGPT_ROBUST_RECORD=str(record),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tools"), os.environ.get("PYTHONPATH")])),
-               **env_extra)
+    # sitecustomize runs first in every Python process that has this PYTHONPATH: the kernel,
+    # and the processes a chapter starts itself (Chapter 13's torchrun runs) inherit it.
+    site = pathlib.Path(tempfile.mkdtemp(prefix=f"robust-{name}-"))
+    shutil.copy(ROOT / "tools" / "robust_startup.py", site / "sitecustomize.py")
+    path = [str(site), str(ROOT / "tools"), os.environ.get("PYTHONPATH")]
+    env = dict(os.environ, MMGPT_ROBUST_RECORD=str(record),
+               PYTHONPATH=os.pathsep.join(filter(None, path)), **env_extra)
     log = open(OUT / f"{name}.log", "w", encoding="utf-8")
     return subprocess.Popen([sys.executable, "-m", "pytest", *NBVAL, *notebooks], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)

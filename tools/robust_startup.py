@@ -1,7 +1,9 @@
-"""IPython start-up file for `tools/robust.py`: makes this kernel behave like another machine.
+"""Start-up code for `tools/robust.py`: makes Python processes behave like another machine's.
 
-It is copied into a temporary IPYTHONDIR's profile_default/startup/, so it runs in the kernel
-before the chapter's first cell, and only in robustness runs; readers' kernels never see it.
+`tools/robust.py` copies it as ``sitecustomize.py`` into a temporary folder at the front of
+PYTHONPATH, so it runs at the start of every Python process of a robustness run: the notebook's
+kernel, and the processes a chapter starts itself (Chapter 13's `torchrun` runs), which must
+be perturbed alike. Readers' and the test suite's processes never see it.
 
 * MMGPT_ROBUST_SEED_OFFSET=k: every ``torch.manual_seed(s)`` (the chapters' and the package's,
   e.g. through ``mmgpt.setup`` and ``mmgpt.train``) seeds ``s + k`` instead. That changes weight
@@ -16,27 +18,29 @@ needs no code: it is set by environment variables before the kernel starts.
 """
 import os
 
-import torch
+_wanted = os.environ.get("MMGPT_ROBUST_SEED_OFFSET") or os.environ.get("MMGPT_ROBUST_THREADS")
+if _wanted:
+    import torch
 
-_offset = int(os.environ.get("MMGPT_ROBUST_SEED_OFFSET", "0") or 0)
-_threads = int(os.environ.get("MMGPT_ROBUST_THREADS", "0") or 0)
+    _offset = int(os.environ.get("MMGPT_ROBUST_SEED_OFFSET", "0") or 0)
+    _threads = int(os.environ.get("MMGPT_ROBUST_THREADS", "0") or 0)
 
-if _offset:
-    _manual_seed = torch.manual_seed
+    if _offset and not getattr(torch.manual_seed, "robust_offset", None):
+        _manual_seed = torch.manual_seed
 
-    def _perturbed_manual_seed(seed):
-        return _manual_seed(int(seed) + _offset)
+        def _perturbed_manual_seed(seed):
+            return _manual_seed(int(seed) + _offset)
 
-    torch.manual_seed = _perturbed_manual_seed
-    torch.random.manual_seed = _perturbed_manual_seed
+        _perturbed_manual_seed.robust_offset = _offset  # applied once, however often this runs
+        torch.manual_seed = _perturbed_manual_seed
+        torch.random.manual_seed = _perturbed_manual_seed
 
-if _threads:
-    _set_num_threads = torch.set_num_threads
-    _set_num_threads(_threads)
+    if _threads:
+        _set_num_threads = getattr(torch.set_num_threads, "robust_original", torch.set_num_threads)
+        _set_num_threads(_threads)
 
-    def _fixed_set_num_threads(n):
-        return _set_num_threads(_threads)
+        def _fixed_set_num_threads(n):
+            return _set_num_threads(_threads)
 
-    torch.set_num_threads = _fixed_set_num_threads
-
-del os, torch
+        _fixed_set_num_threads.robust_original = _set_num_threads
+        torch.set_num_threads = _fixed_set_num_threads
