@@ -42,8 +42,9 @@ test: test-package test-notebooks
 test-package: $(STAMP)
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
+# --durations lists the slowest cells: each should stay near a minute or less (README).
 test-notebooks: $(STAMP)
-	$(BIN)/python -m pytest $(NBVAL_OPTS) notebooks
+	$(BIN)/python -m pytest $(NBVAL_OPTS) --durations=15 notebooks
 
 # Parts of test-package, on their own: the offline book in a real browser, and the Colab path.
 test-browser: book-offline
