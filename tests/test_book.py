@@ -147,3 +147,21 @@ def test_png_bytes_round_trips_pixels_and_refuses_bad_shapes():
         png_bytes(torch.rand(2, 4, 5, 6))
     with pytest.raises(ValueError, match="scale must be a positive int"):
         png_bytes(rgb, scale=0)
+
+
+# Readers need at most "your numbers will differ slightly"; why a cell is not compared belongs in
+# the cell's metadata and the contributor docs, not in the text.
+TEST_TALK = re.compile(r"nbval|the book's\s+tests|test suite compares|tests do not compare|"
+                       r"not compared by", re.I)
+
+
+def test_reader_facing_text_does_not_talk_about_the_test_machinery():
+    found = []
+    for path in CHAPTERS:
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "markdown" and TEST_TALK.search(cell.source):
+                found.append(f"{path.name} cell {index}: {TEST_TALK.search(cell.source).group(0)!r}")
+    for page in sorted((ROOT / "book").glob("*.md")):
+        for match in TEST_TALK.finditer(page.read_text(encoding="utf-8")):
+            found.append(f"{page.name}: {match.group(0)!r}")
+    assert not found, "reader-facing text talks about the tests: " + "; ".join(found)
