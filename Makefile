@@ -14,7 +14,9 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
-NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
+# xfail_strict: after a cell times out nbval marks the rest of the chapter xfail, and their passes
+# (XPASS) would otherwise leave the run green; strict makes a timeout fail the run.
+NBVAL_OPTS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -o xfail_strict=true -p no:cacheprovider
 BOOK_OPTS  := -W -n --keep-going --builder html
 
 .PHONY: book book-offline test test-package test-notebooks test-robust test-browser test-fresh-env execute setup-cells figures venv clean

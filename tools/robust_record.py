@@ -33,10 +33,13 @@ def pytest_runtest_makereport(item, call):
         return
     cell = getattr(item, "cell", None)
     tags = cell.metadata.get("tags", []) if cell is not None else []
+    outcome = report.outcome
+    if getattr(report, "wasxfail", None) is not None or getattr(item.parent, "timed_out", False):
+        outcome = "failed"  # this cell or one before it hit the cell timeout
     record = {
         "notebook": os.path.basename(str(item.fspath)),
         "cell": item.name,
-        "outcome": report.outcome,
+        "outcome": outcome,
         "seconds": round(report.duration, 2),
         "checked": "nbval-ignore-output" not in tags,
         "output": _texts(item.test_outputs),
