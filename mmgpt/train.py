@@ -50,13 +50,14 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .data import Collate, ShapesDataset, caption_corpus
+from .data import Collate, RenderedPool, ShapesDataset, caption_corpus
 from .loss import cross_entropy
 from .model import IGNORE_INDEX, MultimodalGPT, MultimodalGPTConfig
 from .tokenizer import BPETokenizer
 from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
 
 __all__ = ["TrainConfig", "PRESETS", "TaskMix", "step_indices", "lr_at", "make_optimizer",
+           "usable_workers", "train_step", "make_loader",
            "build_tokenizer", "build_datasets", "load_checkpoint", "train", "main"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -82,6 +83,7 @@ class TrainConfig:
     families: Optional[Tuple[str, ...]] = ("shape", "color", "count", "exist")
     caption_fraction: float = 0.2      # share of training samples that ask for the caption
     train_size: int = 1_000_000        # training indices to draw from (scenes are made on demand)
+    render_once: bool = False          # render the train_size scenes once, into memory (for GPUs)
     eval_size: int = 1_000             # held-out scenes per evaluation split
     vocab_size: int = 384              # BPE vocabulary trained on mmgpt.data.caption_corpus
     tokenizer_corpus: int = 20_000
@@ -103,7 +105,7 @@ class TrainConfig:
     device: str = "auto"               # "auto": cuda, then mps, then cpu
     amp: str = "auto"                  # "auto", "bf16", "fp16" or "off"
     compile: bool = False
-    num_workers: int = 0
+    num_workers: int = 0               # data workers; capped by the CPU cores this process may use
     eval_every: int = 250
     ckpt_every: int = 250
     log_every: int = 10
@@ -120,6 +122,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{fn}: {name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.render_once, bool) or not isinstance(self.compile, bool):
+            raise ValueError(f"{fn}: render_once and compile must be true or false, got "
+                             f"render_once={self.render_once!r}, compile={self.compile!r}")
+        if self.render_once and self.train_size * 3 * self.image_size ** 2 > 16 * 2**30:
+            raise ValueError(f"{fn}: render_once keeps train_size scenes in memory, 3 * "
+                             f"image_size**2 bytes each: train_size={self.train_size} at "
+                             f"image_size={self.image_size} is over 16 GiB; lower train_size")
         self.num_objects = tuple(self.num_objects)
         if self.families is not None:
             self.families = (self.families,) if isinstance(self.families, str) else tuple(self.families)
@@ -235,6 +244,14 @@ def step_indices(step: int, config: TrainConfig, rank: int = 0, world: int = 1) 
     return batch[rank::world].tolist()
 
 
+def make_loader(config: TrainConfig, dataset, collate: Collate, start: int = 0, rank: int = 0,
+                world: int = 1, workers: int = 0, pin_memory: bool = False):
+    """The DataLoader of a run: the batches of steps ``start .. steps - 1`` for this rank."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=_StepBatches(config, start, rank, world), collate_fn=collate,
+        num_workers=workers, persistent_workers=False, pin_memory=pin_memory)
+
+
 class _StepBatches(torch.utils.data.Sampler):
     """Batch sampler for a DataLoader: the indices of steps ``start .. steps - 1``."""
 
@@ -303,13 +320,50 @@ def _train_mode(model: nn.Module, frozen_prefixes: Sequence[str]) -> None:
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    """``auto``: :func:`mmgpt.utils.autocast_dtype`. ``bf16`` and ``fp16`` are taken as asked
+    on CUDA and on the CPU (where they are slow, but the same code path: the tests run it)."""
     if config.amp == "off":
         return None
     if config.amp == "auto":
         return autocast_dtype(device)
-    if device.type != "cuda":
-        raise ValueError(f"TrainConfig: amp={config.amp!r} needs a CUDA device, got {device.type}")
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"TrainConfig: amp={config.amp!r} needs a CUDA device or the CPU, "
+                         f"got {device.type}")
     return torch.bfloat16 if config.amp == "bf16" else torch.float16
+
+
+def usable_workers(requested: int) -> int:
+    """How many data workers to start: ``requested``, but at most one fewer than the CPU
+    cores this process may use (shared among the processes torchrun starts on this machine),
+    so that the training process keeps a core. A free Colab machine has two: one worker."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(requested, per_process - 1))
+
+
+def train_step(net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, autocast, grad_clip: float,
+               world: int = 1) -> Tuple[Tensor, Tensor]:
+    """One optimisation step on a batch already on the device: forward under ``autocast``,
+    the loss over the global batch's predicted tokens, backward through the gradient
+    scaler, clipping, the optimizer. :func:`train` takes it and :mod:`mmgpt.bench` times it.
+    Returns the summed token loss (detached) and the number of predicted tokens."""
+    targets = batch["labels"][:, 1:]
+    count = _all_reduce_sum((targets != IGNORE_INDEX).sum().float(), world)
+    with autocast:
+        logits, _ = net(batch["images"], batch["input_ids"])
+        loss_sum = cross_entropy(logits[:, :-1].float(), targets, reduction="sum")
+    loss = loss_sum * world / count  # DDP averages gradients over the world
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss_sum.detach(), count
 
 
 # --------------------------------------------------------------------------------------
@@ -466,12 +520,14 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
         net = torch.compile(net)
 
     datasets = build_datasets(config)
+    workers = usable_workers(config.num_workers)
+    train_data = datasets["train"]
+    if config.render_once:
+        train_data = RenderedPool(train_data, num_workers=workers, progress=progress and rank == 0)
     collate = Collate(tokenizer, task="auto", image_tokens=1,
                       max_length=model_config.context_length)
-    loader = torch.utils.data.DataLoader(
-        datasets["train"], batch_sampler=_StepBatches(config, start, rank, world),
-        collate_fn=collate, num_workers=config.num_workers,
-        persistent_workers=False, pin_memory=device.type == "cuda")
+    loader = make_loader(config, train_data, collate, start, rank, world, workers,
+                         pin_memory=device.type == "cuda")
 
     def save(step: int) -> None:
         if rank == 0:
@@ -507,24 +563,13 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
     _train_mode(model, config.freeze)
     with _StopFlag() as stop:
         for batch in loader:
-            images = batch["images"].to(device, non_blocking=True)
-            input_ids = batch["input_ids"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device, non_blocking=True)
+            batch = {k: batch[k].to(device, non_blocking=True)
+                     for k in ("images", "input_ids", "labels")}
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
             # The loss is the mean over every predicted token of the *global* batch.
-            targets = labels[:, 1:]
-            count = _all_reduce_sum((targets != IGNORE_INDEX).sum().float(), world)
-            with autocast:
-                logits, _ = net(images, input_ids)
-                loss_sum = cross_entropy(logits[:, :-1].float(), targets, reduction="sum")
-            loss = loss_sum * world / count  # DDP averages gradients over the world
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss_sum, count = train_step(net, batch, optimizer, scaler, autocast,
+                                         config.grad_clip, world)
             step += 1
             window_samples += config.batch_size
             if step % config.log_every == 0 or step == config.steps:
@@ -563,7 +608,7 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
     return {"step": step, "loss": loss_value, "eval": last_eval, "interrupted": interrupted,
             "seconds": time.perf_counter() - t0, "out_dir": out_dir,
             "parameters": model.num_parameters(), "frozen_parameters": frozen,
-            "device": str(device), "world": world}
+            "device": str(device), "world": world, "num_workers": workers}
 
 
 def _truncate_metrics(path: str, step: int) -> None:

@@ -14,6 +14,8 @@ gives the same dict without the pixels, which is what the baselines read.
                                    (:mod:`mmgpt.data.folder`)
 ``Collate`` / ``make_collate``     samples -> padded token ids with the ``<image>`` slot,
 ``collate``                        attention and loss masks (:mod:`mmgpt.data.batching`)
+``RenderedPool``                   a data set rendered once and kept in memory, for GPUs
+                                   the renderer cannot feed (:mod:`mmgpt.data.pool`)
 ``majority_baseline``              the bars to beat: answer without the image
 ``text_only_baseline``             (:mod:`mmgpt.data.baselines`)
 ``caption_corpus``                 text to train the tokenizer and a tiny language model
@@ -24,6 +26,7 @@ from .batching import IGNORE_INDEX, Collate, collate, make_collate
 from .common import NUMBER_WORDS, Rng
 from .digits import DIGIT_FAMILIES, DigitString, DigitStringsDataset, load_digit_sources
 from .folder import FolderDataset, load_image
+from .pool import RenderedPool
 from .shapes import (BACKGROUND, COLORS, DEFAULT_HELDOUT, FAMILIES, SHAPES, Scene, ShapeObject,
                      ShapesDataset, render_scene)
 
@@ -32,6 +35,7 @@ __all__ = [
     "FAMILIES", "DEFAULT_HELDOUT",
     "DigitStringsDataset", "DigitString", "DIGIT_FAMILIES", "load_digit_sources",
     "FolderDataset", "load_image",
+    "RenderedPool",
     "Collate", "make_collate", "collate", "IGNORE_INDEX",
     "majority_baseline", "text_only_baseline", "caption_corpus",
     "NUMBER_WORDS", "Rng",

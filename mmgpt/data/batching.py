@@ -70,6 +70,15 @@ class Collate:
         self.task = task
         self.image_tokens = image_tokens
         self.max_length = max_length
+        self._ids: dict = {}  # text -> token ids: a data set repeats its questions and answers
+
+    def _encode(self, text: str) -> List[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            if len(self._ids) >= 100_000:
+                self._ids.clear()
+            ids = self._ids[text] = list(self.tokenizer.encode(text))
+        return ids
 
     def encode(self, sample: dict, position: int = 0) -> Tuple[List[int], int]:
         """One sample's token ids and its prompt length."""
@@ -84,11 +93,11 @@ class Collate:
                                  f"string (task={self.task!r})")
         prompt = [tok.bos_id] + [tok.image_id] * self.image_tokens
         if task == "qa":
-            prompt += list(tok.encode(sample["question"])) + [tok.sep_id]
-            target = list(tok.encode(sample["answer"]))
+            prompt += self._encode(sample["question"]) + [tok.sep_id]
+            target = self._encode(sample["answer"])
         else:
             prompt += [tok.sep_id]
-            target = list(tok.encode(sample["caption"]))
+            target = self._encode(sample["caption"])
         ids = prompt + target + [tok.eos_id]
         if self.max_length is not None and len(ids) > self.max_length:
             raise ValueError(f"Collate: sample {position} of the batch is {len(ids)} tokens "
