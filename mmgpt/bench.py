@@ -207,8 +207,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = TrainConfig.from_preset(args.preset, **parse_overrides(args.set))
     except ValueError as err:
         parser.error(str(err))
-    print(json.dumps(bench(config, args.steps, args.warmup, args.device, args.data_batches),
-                     indent=1))
+    try:
+        result = bench(config, args.steps, args.warmup, args.device, args.data_batches)
+    except ValueError as err:  # a device that is not there, a model that cannot be built
+        parser.error(str(err))
+    print(json.dumps(result, indent=1))
     return 0
 
 

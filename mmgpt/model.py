@@ -403,9 +403,14 @@ class MultimodalGPT(nn.Module):
         if not images.is_floating_point():
             raise TypeError(f"{fn}: images must be floating point (pixels in [0, 1]), got "
                             f"{images.dtype}")
-        if images.dim() != 4:
-            raise ValueError(f"{fn}: images must be 4-D {expected}, got shape "
-                             f"{tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise ValueError(f"{fn}: images must be 4-D {expected} with at least one image, "
+                             f"got shape {tuple(images.shape)}")
+        weight_dtype = next(self.encoder.parameters()).dtype
+        if images.dtype != weight_dtype:
+            raise TypeError(f"{fn}: images are {images.dtype} but the model's weights are "
+                            f"{weight_dtype}; pass {weight_dtype} images (for 16-bit training, "
+                            f"torch.autocast picks 16-bit kernels itself)")
         if images.shape[1] != c.in_channels:
             raise ValueError(f"{fn}: images must have in_channels={c.in_channels} channels "
                              f"(dimension 1), got shape {tuple(images.shape)}")
@@ -467,6 +472,9 @@ class MultimodalGPT(nn.Module):
             if labels.is_floating_point() or labels.dtype == torch.bool:
                 raise TypeError(f"{fn}: labels must hold integer token ids, got "
                                 f"{labels.dtype}")
+            if not bool((labels[:, 1:] != IGNORE_INDEX).any()):  # the mean of nothing is NaN
+                raise ValueError(f"{fn}: labels has no token to predict (every label after "
+                                 f"the first is {IGNORE_INDEX})")
         hidden = self.fusion(self.decoder, self.encoder(images), input_ids)
         logits = self.logits_from_hidden(hidden)
         loss = None
@@ -509,9 +517,13 @@ class MultimodalGPT(nn.Module):
                              f"max_new_tokens={max_new_tokens} is more than the model's "
                              f"context_length={limit}")
         _check_sampling(temperature, top_k, top_p, fn)
-        if eos_id is not None and not (isinstance(eos_id, int) and 0 <= eos_id < self.config.vocab_size):
+        if eos_id is not None and not (isinstance(eos_id, int) and not isinstance(eos_id, bool)
+                                       and 0 <= eos_id < self.config.vocab_size):
             raise ValueError(f"{fn}: eos_id must be None or a token id below vocab_size="
                              f"{self.config.vocab_size}, got {eos_id!r}")
+        if images.numel() and float(images.max()) > 1.5:  # once per call, not per step
+            raise ValueError(f"{fn}: images must hold pixels in [0, 1], got values up to "
+                             f"{float(images.max()):.0f} (divide 0-255 pixels by 255)")
         was_training = self.training
         self.eval()
         try:

@@ -98,6 +98,9 @@ class BPETokenizer:
     SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<image>", "<sep>")
     NUM_BYTES = 256
 
+    MAX_MERGES = 1 << 17  # limits that keep a damaged file from exhausting memory
+    MAX_TOKEN_BYTES = 256
+
     def __init__(self, merges: Iterable[Sequence[int]] = ()):
         """A tokenizer from a list of merges ``(a, b)``; merge ``r`` makes id ``261 + r``.
 
@@ -123,6 +126,12 @@ class BPETokenizer:
                         f"({first}..{new_id - 1})")
             if (a, b) in self._ranks:
                 raise ValueError(f"BPETokenizer: merge {r} = {(a, b)} repeats an earlier merge")
+            if r >= self.MAX_MERGES or len(self._bytes[a]) + len(self._bytes[b]) > self.MAX_TOKEN_BYTES:
+                # A damaged or hostile file: chained merges make tokens (and memory) grow
+                # with the square of their number.
+                raise ValueError(f"BPETokenizer: merge {r} makes more than {self.MAX_MERGES} "
+                                 f"merges or a token over {self.MAX_TOKEN_BYTES} bytes; no "
+                                 f"tokenizer of this book comes near that: the merges are damaged")
             self.merges.append((a, b))
             self._ranks[(a, b)] = new_id
             self._bytes.append(self._bytes[a] + self._bytes[b])

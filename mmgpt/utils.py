@@ -5,9 +5,11 @@ The set-up cell at the top of each chapter calls :func:`setup`, which uses the f
 """
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
-import tempfile
+import shutil
 
 import numpy as np
 import torch
@@ -31,11 +33,14 @@ def get_device(prefer: str | None = None) -> torch.device:
     """
     prefer = prefer or os.environ.get("MMGPT_DEVICE")
     if prefer:
-        device = torch.device(prefer)
+        try:
+            device = torch.device(prefer)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be 'cuda', 'cuda:N', 'mps' or 'cpu', got {prefer!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {prefer!r} was asked for, but CUDA is not available here")
+            raise ValueError(f"device {prefer!r} was asked for, but CUDA is not available here")
         if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise RuntimeError(f"device {prefer!r} was asked for, but MPS is not available here")
+            raise ValueError(f"device {prefer!r} was asked for, but MPS is not available here")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -83,36 +88,57 @@ def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> torc
 def save_atomic(obj, path) -> None:
     """``torch.save(obj, path)``, all or nothing.
 
-    The object is written in full to a temporary file in the same folder, flushed to disk,
-    and only then renamed over ``path`` (``os.replace`` is atomic), so ``path`` holds either
-    the old file or the new one, never half of one, even if the process is killed midway.
+    The object is written in full to a temporary file beside ``path`` (``.NAME.tmp``),
+    flushed to disk, and only then renamed over ``path`` (``os.replace`` is atomic), so
+    ``path`` holds either the old file or the new one, never half of one, even if the
+    process is killed midway; a later save overwrites what such a kill left behind. The
+    file gets the usual permissions (``0o666`` less the umask). A write that fails (a full
+    disk, most often) raises ``OSError`` saying so, and the old file is kept.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    tmp = os.path.join(folder, f".{name}.tmp")
     try:
-        with os.fdopen(handle, "wb") as f:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, (OSError, RuntimeError)):
+            free = shutil.disk_usage(folder).free
+            raise OSError(errno.ENOSPC if free < 2**26 else errno.EIO,
+                          f"could not write {path} ({type(err).__name__}: {err}); "
+                          f"{free / 2**20:.0f} MiB free on its disk"
+                          + (" - the disk is full" if free < 2**26 else "")
+                          + f"; the previous {name} is kept") from None
         raise
 
 
 def load_weights_only(path, fn: str, map_location="cpu"):
     """``torch.load(path, weights_only=True)`` (tensors and plain values only; no code
     runs) with errors that say what went wrong: ``FileNotFoundError`` when there is no
-    file, ``ValueError`` when it is truncated, corrupt or not a torch file. ``fn`` names
-    the caller in the message."""
+    file, ``ValueError`` when it is not a regular file, holds objects a weights-only load
+    refuses, or is truncated, corrupt or not a torch file. ``fn`` names the caller."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{fn}: no checkpoint at {path}")
+    if not os.path.isfile(path):  # a folder, a FIFO or a device would hang or fail oddly
+        raise ValueError(f"{fn}: {path} is not a regular file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" in str(err).lower():  # a class or function: code
+            raise ValueError(f"{fn}: {path} holds Python objects other than tensors and plain "
+                             f"values, which mmgpt does not load: it is not an mmgpt "
+                             f"checkpoint, and loading it fully could run code from the file"
+                             ) from None
+        raise ValueError(f"{fn}: {path} is not a readable checkpoint (truncated or corrupt?): "
+                         f"{type(err).__name__}") from None
     except Exception as err:  # truncated, corrupt, or not a torch file at all
         raise ValueError(f"{fn}: {path} is not a readable checkpoint (truncated or "
-                         f"corrupt?): {type(err).__name__}: {err}") from None
+                         f"corrupt?): {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                         ) from None

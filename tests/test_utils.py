@@ -35,7 +35,7 @@ def test_load_weights_only_names_the_caller_and_the_problem(tmp_path):
         load_weights_only(garbage, "caller")
     # weights_only=True: a pickled object that would run code is refused, not executed.
     torch.save({"lock": threading.Condition}, tmp_path / "code.pt")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="code.pt holds Python objects other than tensors"):
         load_weights_only(tmp_path / "code.pt", "caller")
     save_atomic({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert torch.equal(load_weights_only(tmp_path / "ok.pt", "caller")["w"], torch.ones(2))

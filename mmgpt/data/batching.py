@@ -144,7 +144,11 @@ def _stack_images(batch: Sequence[dict]) -> torch.Tensor:
     if len(shapes) > 1:
         raise ValueError(f"Collate: the images of a batch must share one shape, got {shapes}; "
                          f"resize them (e.g. FolderDataset(..., image_size=64))")
-    return torch.stack(images)
+    stacked = torch.stack(images)
+    if stacked.is_floating_point() and stacked.numel() and float(stacked.max()) > 1.5:
+        raise ValueError(f"Collate: images must hold pixels in [0, 1], got values up to "
+                         f"{float(stacked.max()):.0f} (divide 0-255 pixels by 255)")
+    return stacked
 
 
 def make_collate(tokenizer, **kwargs) -> Collate:
