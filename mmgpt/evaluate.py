@@ -34,7 +34,7 @@ from torch import Tensor
 from .data import BACKGROUND, Collate, majority_baseline, text_only_baseline
 
 __all__ = ["exact_match", "accuracy_by_family", "evaluate_splits", "load_metrics",
-           "plot_metrics", "main"]
+           "plot_metrics", "RELATIONAL", "plot_families", "main"]
 
 
 def exact_match(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
@@ -128,14 +128,17 @@ def load_metrics(path) -> Dict[str, list]:
         path = os.path.join(path, "metrics.jsonl")
     out: Dict[str, list] = {"train": [], "eval": []}
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"load_metrics: {path} line {n} is not JSON: {err}") from None
-            out.setdefault(record.get("kind", "train"), []).append(record)
+        lines = f.readlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if n == len(lines) and not line.endswith("\n"):
+                break  # the line a running (or killed) run is writing
+            raise ValueError(f"load_metrics: {path} line {n} is not JSON: {err}") from None
+        out.setdefault(record.get("kind", "train"), []).append(record)
     return out
 
 
@@ -166,6 +169,40 @@ def plot_metrics(metrics, ax=None, title: Optional[str] = None):
     return ax
 
 
+RELATIONAL = ("relation", "distance", "compare")
+
+
+def plot_families(metrics, batch_size: int, ax=None, title: Optional[str] = None,
+                  split: str = "test"):
+    """Accuracy of each question family against the training samples seen: the relational
+    families (:data:`RELATIONAL`, which need two objects at once) in solid lines, the others
+    dashed, and each family's text-only baseline as a dot at the left edge."""
+    import matplotlib.pyplot as plt
+
+    if not isinstance(metrics, dict):
+        metrics = load_metrics(metrics)
+    evals = metrics["eval"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 3.6))
+    samples = [r["step"] * batch_size for r in evals]
+    families = [f for f in evals[-1][split] if f != "all"]
+    text_only = evals[-1].get("text_only", {})
+    for k, family in enumerate(sorted(families, key=lambda f: (f not in RELATIONAL, f))):
+        color = plt.cm.tab10(k % 10)
+        style = "-o" if family in RELATIONAL else "--"
+        ax.plot(samples, [r[split][family] for r in evals], style, ms=3, lw=1.5 if
+                family in RELATIONAL else 1, color=color, label=family)
+        if family in text_only:
+            ax.plot([0], [text_only[family]], "o", ms=4, color=color, alpha=0.6)
+    ax.set(xlabel="training samples", ylabel=f"accuracy ({split})", ylim=(0, 1.02))
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    if title:
+        ax.set_title(title)
+    ax.figure.tight_layout()
+    return ax
+
+
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
@@ -186,7 +223,8 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .train import CHECKPOINT, TrainConfig, build_datasets, load_checkpoint, model_from_checkpoint
+    from .train import (CHECKPOINT, build_datasets, config_from_checkpoint, load_checkpoint,
+                        model_from_checkpoint)
     from .utils import get_device
 
     parser = argparse.ArgumentParser(prog="python -m mmgpt.evaluate",
@@ -197,17 +235,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     path = os.path.join(args.run, CHECKPOINT) if os.path.isdir(args.run) else args.run
+    if args.size is not None and args.size < 1:
+        parser.error(f"--size must be a positive int, got {args.size}")
     try:
         ckpt = load_checkpoint(path)
+        config = config_from_checkpoint(ckpt, path)
+        model, tokenizer = model_from_checkpoint(ckpt)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    config = TrainConfig(**ckpt["train_config"])
     if args.size is not None:
-        if args.size < 1:
-            parser.error(f"--size must be a positive int, got {args.size}")
         config.eval_size = args.size
-    model, tokenizer = model_from_checkpoint(ckpt)
-    device = get_device(args.device)
+    try:
+        device = get_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     model.to(device)
     collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
     result = evaluate_splits(model, tokenizer, build_datasets(config), device, collate)

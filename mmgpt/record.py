@@ -12,6 +12,7 @@ checkpoint and ``metrics.jsonl``:
 * ``environment.json``: the machine (GPU name, compute capability and the autocast dtype
   the code picks; or the CPU's name, its cores and torch's threads), torch, CUDA, Python,
   the date, the commit, and the exact command;
+* ``train_config.json``: the run's :class:`~mmgpt.train.TrainConfig`, every field;
 * ``bench.json``: :func:`mmgpt.bench.bench` of the preset on this machine (the training
   step and the data pipeline, timed apart);
 * ``wall.json``: the training's wall time, evaluations included, summed over resumes;
@@ -41,7 +42,8 @@ import torch
 
 __all__ = ["environment", "finish", "main"]
 
-FILES = ("environment.json", "bench.json", "wall.json", "metrics.jsonl", "final.json")
+FILES = ("environment.json", "train_config.json", "bench.json", "wall.json", "metrics.jsonl",
+         "final.json")
 
 
 def _git_commit() -> Optional[str]:
@@ -107,15 +109,18 @@ def _write_json(path: str, obj) -> None:
 def _final(run: str, eval_size: int, device) -> dict:
     from .data import Collate
     from .evaluate import evaluate_splits
-    from .train import CHECKPOINT, TrainConfig, build_datasets, load_checkpoint, model_from_checkpoint
+    from .train import (CHECKPOINT, build_datasets, config_from_checkpoint, load_checkpoint,
+                        model_from_checkpoint)
 
-    ckpt = load_checkpoint(os.path.join(run, CHECKPOINT))
-    config = TrainConfig(**dict(ckpt["train_config"], eval_size=eval_size))
+    path = os.path.join(run, CHECKPOINT)
+    ckpt = load_checkpoint(path)
+    config = config_from_checkpoint(ckpt, path)
+    config.eval_size = eval_size
     model, tokenizer = model_from_checkpoint(ckpt)
     model.to(device)
     collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
     result = evaluate_splits(model, tokenizer, build_datasets(config), device, collate)
-    return dict(result, step=ckpt["step"], eval_size=eval_size)
+    return dict(result, step=ckpt["step"], eval_size=eval_size), ckpt["train_config"]
 
 
 def finish(run: str, out: str, command: str, eval_size: int = 2000, device=None,
@@ -126,8 +131,9 @@ def finish(run: str, out: str, command: str, eval_size: int = 2000, device=None,
 
     device = get_device(device)
     os.makedirs(out, exist_ok=True)
-    final = _final(run, eval_size, device)
+    final, train_config = _final(run, eval_size, device)
     _write_json(os.path.join(out, "environment.json"), environment(device, command, commit))
+    _write_json(os.path.join(out, "train_config.json"), train_config)
     if os.path.abspath(run) != os.path.abspath(out):
         shutil.copyfile(os.path.join(run, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
     if wall_seconds is not None:
@@ -207,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"interrupted ({result['interrupted']}) at step {result['step']}: continue with "
               f"the same command and --resume", file=sys.stderr)
         return 130
-    final = _final(args.out, args.eval_size, device)
+    final, train_config = _final(args.out, args.eval_size, device)
+    _write_json(os.path.join(args.out, "train_config.json"), train_config)
     _write_json(os.path.join(args.out, "final.json"), final)
     print(format_table(final))
     return 0

@@ -56,8 +56,8 @@ from .model import IGNORE_INDEX, MultimodalGPT, MultimodalGPTConfig
 from .tokenizer import BPETokenizer
 from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
 
-__all__ = ["TrainConfig", "PRESETS", "TaskMix", "step_indices", "lr_at", "make_optimizer",
-           "usable_workers", "train_step", "make_loader",
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "TaskMix", "step_indices", "lr_at",
+           "make_optimizer", "usable_workers", "train_step", "make_loader", "config_from_checkpoint",
            "build_tokenizer", "build_datasets", "load_checkpoint", "train", "main"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -115,25 +115,31 @@ class TrainConfig:
         fn = "TrainConfig"
         for name in ("image_size", "train_size", "eval_size", "vocab_size", "tokenizer_corpus",
                      "steps", "batch_size", "eval_every", "ckpt_every", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+            _int(self, name, low=1)
         for name in ("warmup_steps", "num_workers", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{fn}: {name} must be an int >= 0, got {value!r}")
-        if not isinstance(self.render_once, bool) or not isinstance(self.compile, bool):
-            raise ValueError(f"{fn}: render_once and compile must be true or false, got "
-                             f"render_once={self.render_once!r}, compile={self.compile!r}")
+            _int(self, name, low=0)
+        if self.image_size > 1024:  # a 100,000-pixel image needs 120 GB for one scene
+            raise ValueError(f"{fn}: image_size must be at most 1024 pixels, got {self.image_size}")
+        for name in ("render_once", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{fn}: {name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "caption_fraction"):
+            _number(self, name)
+        if self.max_minutes is not None:
+            _number(self, "max_minutes")
+            if self.max_minutes <= 0:
+                raise ValueError(f"{fn}: max_minutes must be positive or None, got {self.max_minutes!r}")
         if self.render_once and self.train_size * 3 * self.image_size ** 2 > 16 * 2**30:
             raise ValueError(f"{fn}: render_once keeps train_size scenes in memory, 3 * "
                              f"image_size**2 bytes each: train_size={self.train_size} at "
                              f"image_size={self.image_size} is over 16 GiB; lower train_size")
-        self.num_objects = tuple(self.num_objects)
+        self.num_objects = _pair(self.num_objects, "num_objects", int)
+        self.betas = _pair(self.betas, "betas", (int, float))
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"{fn}: betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.families is not None:
-            self.families = (self.families,) if isinstance(self.families, str) else tuple(self.families)
-        self.betas = tuple(self.betas)
-        self.freeze = (self.freeze,) if isinstance(self.freeze, str) else tuple(self.freeze)
+            self.families = _names(self.families, "families")
+        self.freeze = _names(self.freeze, "freeze")
         if not 0 <= self.caption_fraction <= 1:
             raise ValueError(f"{fn}: caption_fraction must be in [0, 1], got {self.caption_fraction!r}")
         if not (0 < self.min_lr <= self.lr):
@@ -145,7 +151,7 @@ class TrainConfig:
             raise ValueError(f"{fn}: amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if not isinstance(self.model, dict):
             raise ValueError(f"{fn}: model must be a dict of MultimodalGPTConfig overrides, "
-                             f"got {type(self.model).__name__}")
+                             f"got {self.model!r}")
         fixed = {"vocab_size", "image_token_id", "image_size"} & set(self.model)
         if fixed:
             raise ValueError(f"{fn}: model must not set {sorted(fixed)}: they come from the "
@@ -153,8 +159,6 @@ class TrainConfig:
         unknown = set(self.model) - {f.name for f in dataclasses.fields(MultimodalGPTConfig)}
         if unknown:
             raise ValueError(f"{fn}: model has unknown MultimodalGPTConfig fields {sorted(unknown)}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"{fn}: max_minutes must be positive or None, got {self.max_minutes!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -163,9 +167,46 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.preset: unknown preset {name!r}; the presets are "
                              f"{sorted(PRESETS)}")
         values = dict(PRESETS[name], preset=name)
-        model = dict(values.get("model", {}), **overrides.pop("model", {}))
+        model = overrides.pop("model", {})
+        if not isinstance(model, dict):
+            raise ValueError(f"TrainConfig: model must be a dict of MultimodalGPTConfig "
+                             f"overrides, got {model!r}")
+        model = dict(values.get("model", {}), **model)
         values.update(overrides, model=model)
         return cls(**values)
+
+
+def _int(config, name: str, low: int) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        kind = "a positive int" if low == 1 else f"an int >= {low}"
+        raise ValueError(f"TrainConfig: {name} must be {kind}, got {value!r}")
+
+
+def _number(config, name: str) -> None:
+    """A finite real number: NaN passes every comparison, and a NaN learning rate or clip
+    trains a model of NaNs without a word."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"TrainConfig: {name} must be a finite number, got {value!r}")
+
+
+def _pair(value, name: str, kind) -> tuple:
+    if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2
+            or not all(isinstance(v, kind) and not isinstance(v, bool)
+                       and math.isfinite(v) for v in value)):
+        example = "[0.9, 0.98]" if name == "betas" else "[2, 6]"
+        raise ValueError(f"TrainConfig: {name} must be a pair of numbers like {example}, "
+                         f"got {value!r}")
+    return tuple(value)
+
+
+def _names(value, name: str) -> tuple:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"TrainConfig: {name} must be a name or a list of names, got {value!r}")
+    return tuple(value)
 
 
 PRESETS: Dict[str, dict] = {
@@ -176,12 +217,18 @@ PRESETS: Dict[str, dict] = {
                 steps=2_400, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=50,
                 eval_every=400, ckpt_every=400,
                 model=dict(dim=96, num_layers=2, num_heads=4, fusion="prefix", fused=True)),
-    # The full task on one GPU: 2-6 objects at 64x64, every question family (relations too).
-    "gpu": dict(image_size=64, num_objects=(2, 6), families=None, vocab_size=512,
-                steps=6_000, batch_size=256, lr=1e-3, min_lr=1e-4, warmup_steps=200,
-                eval_every=1_000, ckpt_every=1_000, num_workers=6, log_every=25,
-                model=dict(dim=256, num_layers=6, num_heads=8, fusion="prefix",
-                           fused=True, cnn_blocks=2)),
+    # The full task: 2-6 objects at 48x48, every question family (relations too). The
+    # recipe of the recorded run in mmgpt/results/cpu-full, which learned it from scratch on
+    # two CPU cores in about an hour (768,000 samples); a GPU trains the same run in minutes.
+    # 48 pixels and three CNN stages make a 6x6 grid of image tokens, fine enough to tell
+    # "left of" apart; a bigger learning rate than the cpu preset's got the families off
+    # their plateaus sooner.
+    "gpu": dict(image_size=48, num_objects=(2, 6), families=None, vocab_size=512,
+                steps=12_000, batch_size=64, lr=2e-3, min_lr=1e-4, warmup_steps=300,
+                caption_fraction=0.05,
+                eval_every=1_000, ckpt_every=500, num_workers=6, log_every=50,
+                model=dict(dim=128, num_layers=4, num_heads=4, fusion="prefix", fused=True,
+                           cnn_blocks=1, cnn_widths=(16, 32, 64))),
     # A few seconds, for tests and for trying the command line.
     "tiny": dict(image_size=32, num_objects=(1, 2), families=("shape", "color"),
                  steps=20, batch_size=16, eval_size=64, vocab_size=300, tokenizer_corpus=2_000,
@@ -244,12 +291,21 @@ def step_indices(step: int, config: TrainConfig, rank: int = 0, world: int = 1) 
     return batch[rank::world].tolist()
 
 
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """Data workers leave SIGTERM and Ctrl-C to the training process. Slurm, systemd,
+    Kubernetes and ``timeout`` signal the whole process group: a worker that died of it
+    first would take the run down before the training process could save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(config: TrainConfig, dataset, collate: Collate, start: int = 0, rank: int = 0,
                 world: int = 1, workers: int = 0, pin_memory: bool = False):
     """The DataLoader of a run: the batches of steps ``start .. steps - 1`` for this rank."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=_StepBatches(config, start, rank, world), collate_fn=collate,
-        num_workers=workers, persistent_workers=False, pin_memory=pin_memory)
+        num_workers=workers, persistent_workers=False, pin_memory=pin_memory,
+        worker_init_fn=_worker_ignores_stop_signals if workers else None)
 
 
 class _StepBatches(torch.utils.data.Sampler):
@@ -383,11 +439,38 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return ckpt
 
 
+def config_from_checkpoint(ckpt: dict, where: str = "the checkpoint") -> TrainConfig:
+    """The :class:`TrainConfig` a training checkpoint was made with."""
+    saved = ckpt.get("train_config")
+    if not isinstance(saved, dict):
+        raise ValueError(f"{where} has no train_config: not a training checkpoint of mmgpt.train")
+    unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"{where}: its train_config has fields this version of mmgpt does not "
+                         f"know: {sorted(unknown)}")
+    return TrainConfig(**saved)
+
+
 def model_from_checkpoint(ckpt: dict) -> Tuple[MultimodalGPT, BPETokenizer]:
-    """The model (eval mode, on the CPU) and the tokenizer stored in a training checkpoint."""
+    """The model (eval mode, on the CPU) and the tokenizer stored in a training checkpoint,
+    checked to belong together: a tokenizer with another vocabulary than the model's, or
+    weights that are not finite, would evaluate to a wrong number without a word."""
+    for key in ("model_config", "model", "tokenizer"):
+        if key not in ckpt:
+            raise ValueError(f"model_from_checkpoint: the checkpoint has no {key!r}")
     model = MultimodalGPT(MultimodalGPTConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     tokenizer = BPETokenizer(merges=ckpt["tokenizer"]["merges"])
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"model_from_checkpoint: the checkpoint's tokenizer has "
+                         f"{tokenizer.vocab_size} tokens but its model reads "
+                         f"{model.config.vocab_size}: the file was altered or mixed up")
+    broken = [name for name, t in ckpt["model"].items()
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise ValueError(f"model_from_checkpoint: the checkpoint's weights are not finite "
+                         f"(NaN or inf in {len(broken)} tensors, e.g. {broken[0]}): the run "
+                         f"that saved it diverged")
     return model.eval(), tokenizer
 
 
@@ -440,6 +523,46 @@ class _StopFlag:
         return False
 
 
+# Fields a resumed run may change: they decide how a run is watched and stopped, never
+# which steps it takes.
+RESUMABLE_CHANGES = ("num_workers", "max_minutes", "log_every", "ckpt_every", "eval_every")
+
+
+class _RunLock:
+    """One run per folder: an exclusive ``flock`` on ``<out>/.lock`` for as long as the run
+    lives (the system drops it when the process dies, so a killed run leaves no stale lock).
+    Only rank 0 takes it; where ``fcntl`` is missing (Windows) nothing is locked."""
+
+    def __init__(self, out_dir: str, rank: int):
+        self.file = None
+        if rank != 0:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        path = os.path.join(out_dir, ".lock")
+        self.file = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            owner = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise FileExistsError(f"train: another run is training in {out_dir} ({owner} "
+                                  f"holds {path}); wait for it to end or choose another folder")
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
           evaluate_fn=None, stop_at: Optional[int] = None) -> dict:
     """Train (or, with ``resume=True``, continue) a run in ``out_dir``; returns a summary
@@ -449,12 +572,17 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
     otherwise: what ``torchrun --max-restarts`` needs, since it restarts failed processes
     with the same arguments. ``stop_at`` stops after that step as an interruption would
     (save, then return), so that tests and the book can show that ``resume`` continues
-    exactly. Under torchrun only rank 0 evaluates; the other ranks report ``eval=None``."""
-    from .evaluate import evaluate_splits  # evaluate imports this module's helpers
+    exactly. Under torchrun only rank 0 evaluates; the other ranks report ``eval=None``.
 
+    A folder holds one run: a second run into it is refused while the first trains, and a
+    fresh run refuses a folder with another run's checkpoint or metrics. A resumed run may
+    change only :data:`RESUMABLE_CHANGES`. A loss that stops being finite ends the run with
+    ``FloatingPointError`` before anything is saved, so the last checkpoint stays good."""
     if resume not in (True, False, "auto"):
         raise ValueError(f"train: resume must be True, False or 'auto', got {resume!r}")
-    evaluate_fn = evaluate_fn or evaluate_splits
+    # A model that cannot be built is refused before anything is written.
+    MultimodalGPTConfig(vocab_size=max(config.vocab_size, 260), image_size=config.image_size,
+                        **config.model)
     device = get_device(None if config.device == "auto" else config.device)
     rank, world, local_rank = _distributed(device)
     if config.batch_size % world:
@@ -462,10 +590,32 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
                          f"number of processes ({world})")
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    lock = _RunLock(out_dir, rank)
+    try:
+        return _train(config, out_dir, resume, progress, evaluate_fn, stop_at, device, rank,
+                      world, local_rank)
+    finally:
+        lock.release()
+
+
+def _train(config, out_dir, resume, progress, evaluate_fn, stop_at, device, rank, world,
+           local_rank) -> dict:
+    from .evaluate import evaluate_splits  # evaluate imports this module's helpers
+
+    evaluate_fn = evaluate_fn or evaluate_splits
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     metrics_path = os.path.join(out_dir, METRICS)
     if resume == "auto":
         resume = os.path.exists(ckpt_path)
+        if not resume and rank == 0:  # a restart before the first save: the same run, anew
+            _truncate_metrics(metrics_path, 0)
+    elif not resume and os.path.exists(ckpt_path):
+        raise FileExistsError(f"train: {out_dir} already holds a run ({CHECKPOINT}); pass "
+                              f"resume=True (--resume) to continue it or choose another folder")
+    elif not resume and rank == 0 and os.path.exists(metrics_path):
+        raise FileExistsError(f"train: {out_dir} holds {METRICS} from another run but no "
+                              f"checkpoint (stopped before its first save?); delete it or "
+                              f"choose another folder")
 
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
@@ -474,17 +624,16 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
     start = 0
     if resume:
         ckpt = load_checkpoint(ckpt_path)
-        saved = TrainConfig(**ckpt["train_config"])
-        if _config_dict(saved) != _config_dict(config):
-            diff = [k for k, v in _config_dict(config).items() if _config_dict(saved)[k] != v]
+        saved = _config_dict(config_from_checkpoint(ckpt, ckpt_path))
+        diff = [k for k, v in _config_dict(config).items()
+                if saved[k] != v and k not in RESUMABLE_CHANGES]
+        if diff:
             raise ValueError(f"train: --resume with another config than the run in {out_dir}; "
-                             f"it differs in {diff}")
+                             f"it differs in {diff} (a resumed run may change only "
+                             f"{list(RESUMABLE_CHANGES)})")
         tokenizer = BPETokenizer(merges=ckpt["tokenizer"]["merges"])
         start = int(ckpt["step"])
     else:
-        if os.path.exists(ckpt_path):
-            raise FileExistsError(f"train: {out_dir} already holds a run ({CHECKPOINT}); pass "
-                                  f"resume=True (--resume) to continue it or choose another folder")
         init = load_checkpoint(config.init_from) if config.init_from else None
         tokenizer = (BPETokenizer(merges=init["tokenizer"]["merges"]) if init
                      else build_tokenizer(config))
@@ -530,6 +679,7 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
                          pin_memory=device.type == "cuda")
 
     def save(step: int) -> None:
+        check_finite()
         if rank == 0:
             save_atomic({"format": CHECKPOINT_FORMAT, "version": 1, "step": step,
                          "train_config": _config_dict(config),
@@ -560,6 +710,15 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
     t0 = time.perf_counter()
     window_t, window_samples = t0, 0
     step, loss_value, last_eval, interrupted = start, float("nan"), None, None
+    finite = torch.ones((), dtype=torch.bool, device=device)  # all losses so far finite?
+
+    def check_finite() -> None:  # one host sync, only where the loss is read anyway
+        if not bool(finite):
+            raise FloatingPointError(
+                f"train: the loss stopped being finite by step {step} (lr={config.lr}, "
+                f"amp={config.amp}); nothing was saved after it, so {CHECKPOINT} in {out_dir} "
+                f"still holds the last good step. Try a lower lr or amp='off'")
+
     _train_mode(model, config.freeze)
     with _StopFlag() as stop:
         for batch in loader:
@@ -570,9 +729,11 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
             # The loss is the mean over every predicted token of the *global* batch.
             loss_sum, count = train_step(net, batch, optimizer, scaler, autocast,
                                          config.grad_clip, world)
+            finite &= torch.isfinite(loss_sum)
             step += 1
             window_samples += config.batch_size
             if step % config.log_every == 0 or step == config.steps:
+                check_finite()
                 loss_value = float(_all_reduce_sum(loss_sum.detach().float(), world) / count)
                 now = time.perf_counter()
                 speed = window_samples / max(now - window_t, 1e-9)
@@ -612,13 +773,30 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
 
 
 def _truncate_metrics(path: str, step: int) -> None:
-    """Drop metric lines past ``step`` (written after the checkpoint we resume from)."""
+    """Drop metric lines past ``step`` (written after the checkpoint we resume from). A last
+    line cut short by a kill is dropped too; a damaged line elsewhere is an error."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        lines = f.readlines()
+    kept = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) and not line.endswith("\n"):
+                break  # a write cut short by a kill
+            raise ValueError(f"train: {path} line {n} is not JSON; the metrics file is "
+                             f"damaged (repair or delete that line to resume)") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"train: {path} line {n} has no step number; the metrics file is "
+                             f"damaged (repair or delete that line to resume)")
+        if record["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines)
+        f.writelines(kept)
 
 
 # --------------------------------------------------------------------------------------
@@ -654,7 +832,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmgpt.train",
                                      description="Train a MultimodalGPT on the shapes scenes.")
-    parser.add_argument("--preset", default="cpu", help=f"one of {sorted(PRESETS)} (default cpu)")
+    parser.add_argument("--preset", default=None,
+                        help=f"one of {sorted(PRESETS)} (default cpu; a resumed run "
+                             f"without --preset continues with the settings it was started with)")
     parser.add_argument("--out", required=True, help="output folder (checkpoint, metrics)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--auto-resume", action="store_true",
@@ -664,22 +844,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override a TrainConfig field, e.g. steps=500 or model.dim=64")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    ckpt_path = os.path.join(args.out, CHECKPOINT)
+    resuming = args.resume or (args.auto_resume and os.path.exists(ckpt_path))
     try:
-        config = TrainConfig.from_preset(args.preset, **parse_overrides(args.set))
-    except ValueError as err:
+        overrides = parse_overrides(args.set)
+        if resuming and args.preset is None:  # the run's own settings, and what --set changes
+            values = _config_dict(config_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path))
+            model = dict(values.pop("model"), **overrides.pop("model", {}))
+            config = TrainConfig(**dict(values, **overrides, model=model))
+        else:
+            config = TrainConfig.from_preset(args.preset or "cpu", **overrides)
+    except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     try:
         resume = "auto" if args.auto_resume else args.resume
         result = train(config, args.out, resume=resume, progress=not args.no_progress)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         parser.error(str(err))
+    except FloatingPointError as err:
+        print(f"python -m mmgpt.train: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # an unwritable --out, a full disk
+        print(f"python -m mmgpt.train: {args.out}: {err}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.items()}, indent=1))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch.distributed as dist
 
         dist.destroy_process_group()
-    return 130 if result["interrupted"] in ("SIGINT", "SIGTERM") else 0
+    return {"SIGINT": 130, "SIGTERM": 143}.get(result["interrupted"], 0)
 
 
 if __name__ == "__main__":
