@@ -222,10 +222,10 @@ PRESETS: Dict[str, dict] = {
     # two CPU cores in about an hour (768,000 samples); a GPU trains the same run in minutes.
     # 48 pixels and three CNN stages make a 6x6 grid of image tokens, fine enough to tell
     # "left of" apart; a bigger learning rate than the cpu preset's got the families off
-    # their plateaus sooner.
+    # their plateaus sooner. Captions stay at 20%: they name every object's shape and colour
+    # and teach the model to look (with 5%, colour was still at chance after 192,000 samples).
     "gpu": dict(image_size=48, num_objects=(2, 6), families=None, vocab_size=512,
                 steps=12_000, batch_size=64, lr=2e-3, min_lr=1e-4, warmup_steps=300,
-                caption_fraction=0.05,
                 eval_every=1_000, ckpt_every=500, num_workers=6, log_every=50,
                 model=dict(dim=128, num_layers=4, num_heads=4, fusion="prefix", fused=True,
                            cnn_blocks=1, cnn_widths=(16, 32, 64))),
