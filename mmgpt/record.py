@@ -124,9 +124,13 @@ def _final(run: str, eval_size: int, device) -> dict:
 
 
 def finish(run: str, out: str, command: str, eval_size: int = 2000, device=None,
-           commit: Optional[str] = None, wall_seconds: Optional[float] = None) -> dict:
+           commit: Optional[str] = None, wall_seconds: Optional[float] = None,
+           bench_steps: int = 0) -> dict:
     """Record a run already trained in ``run`` into ``out``: environment, metrics, final
-    evaluation (and the wall time, if known). Returns the final evaluation."""
+    evaluation (and the wall time, if known; and, with ``bench_steps``, the speed of the
+    run's own config on this machine). Returns the final evaluation."""
+    from .bench import bench
+    from .train import TrainConfig
     from .utils import get_device
 
     device = get_device(device)
@@ -134,6 +138,10 @@ def finish(run: str, out: str, command: str, eval_size: int = 2000, device=None,
     final, train_config = _final(run, eval_size, device)
     _write_json(os.path.join(out, "environment.json"), environment(device, command, commit))
     _write_json(os.path.join(out, "train_config.json"), train_config)
+    if bench_steps:
+        config = TrainConfig(**dict(train_config, device=device.type))
+        _write_json(os.path.join(out, "bench.json"), bench(config, steps=bench_steps,
+                                                           device=device))
     if os.path.abspath(run) != os.path.abspath(out):
         shutil.copyfile(os.path.join(run, "metrics.jsonl"), os.path.join(out, "metrics.jsonl"))
     if wall_seconds is not None:
@@ -179,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error("--finish needs --command: the command that trained the run")
         try:
             final = finish(args.finish, args.out, args.command, args.eval_size, args.device,
-                           args.commit, args.wall_seconds)
+                           args.commit, args.wall_seconds, args.bench_steps)
         except (FileNotFoundError, ValueError) as err:
             parser.error(str(err))
         print(format_table(final))
