@@ -186,9 +186,34 @@ def test_record_finish_records_a_run_the_train_command_made(tmp_path):
     tr.train(tiny(steps=4), tmp_path / "run", progress=False)
     command = "python -m mmgpt.train --preset tiny --out run --set steps=4"
     final = record.finish(str(tmp_path / "run"), str(tmp_path / "rec"), command, eval_size=10,
-                          commit="abc1234", wall_seconds=12.5)
+                          commit="abc1234", wall_seconds=12.5, bench_steps=2)
     env = json.loads((tmp_path / "rec" / "environment.json").read_text())
     assert env["command"] == command and env["commit"] == "abc1234"
     assert json.loads((tmp_path / "rec" / "wall.json").read_text())["train_wall_seconds"] == 12.5
     assert (tmp_path / "rec" / "metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
     assert final["step"] == 4
+    assert json.loads((tmp_path / "rec" / "bench.json").read_text())["samples_per_s"] > 0
+
+
+def test_the_recorded_full_task_run_is_the_gpu_preset():
+    # Chapter 11 shows mmgpt/results/cpu-full as "the gpu preset's recipe": it must be that
+    # recipe (a CPU run may only differ in where it runs and how many data workers it starts),
+    # trained to the end, with its final evaluation on the held-out splits.
+    import pathlib
+
+    from mmgpt import record
+
+    folder = pathlib.Path(tr.__file__).parent / "results" / "cpu-full"
+    for name in record.FILES:
+        assert (folder / name).is_file(), name
+    recorded = json.loads((folder / "train_config.json").read_text())
+    preset = tr._config_dict(tr.TrainConfig.from_preset("gpu"))
+    differs = sorted(k for k in preset if recorded.get(k) != preset[k])
+    assert set(differs) <= {"num_workers", "device"}, differs
+    env = json.loads((folder / "environment.json").read_text())
+    assert env["command"].startswith("python -m mmgpt.train --preset gpu ")
+    assert env["commit"] and env["device"] == "cpu"
+    final = json.loads((folder / "final.json").read_text())
+    assert final["step"] == preset["steps"] and final["eval_size"] == 2000
+    steps = [r["step"] for r in ev.load_metrics(folder / "metrics.jsonl")["train"]]
+    assert steps == sorted(set(steps)) and steps[-1] == preset["steps"]
