@@ -52,7 +52,7 @@ from .loss import cross_entropy
 from .patches import (LearnedPositionEmbedding, PatchEmbed, feature_map_to_sequence,
                       sincos_position_embedding_2d)
 from .transformer import GPT, GPTConfig, _check_sampling, sample_next
-from .utils import load_weights_only, save_atomic
+from .utils import check_pixels, load_weights_only, save_atomic
 
 __all__ = [
     "IGNORE_INDEX",
@@ -521,9 +521,7 @@ class MultimodalGPT(nn.Module):
                                        and 0 <= eos_id < self.config.vocab_size):
             raise ValueError(f"{fn}: eos_id must be None or a token id below vocab_size="
                              f"{self.config.vocab_size}, got {eos_id!r}")
-        if images.numel() and float(images.max()) > 1.5:  # once per call, not per step
-            raise ValueError(f"{fn}: images must hold pixels in [0, 1], got values up to "
-                             f"{float(images.max()):.0f} (divide 0-255 pixels by 255)")
+        check_pixels(images, fn)  # once per call, not per generated token
         was_training = self.training
         self.eval()
         try:

@@ -14,7 +14,8 @@ import shutil
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_device", "autocast_dtype", "setup", "save_atomic"]
+__all__ = ["seed_everything", "get_device", "autocast_dtype", "setup", "save_atomic",
+           "check_pixels"]
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -142,3 +143,11 @@ def load_weights_only(path, fn: str, map_location="cpu"):
         raise ValueError(f"{fn}: {path} is not a readable checkpoint (truncated or "
                          f"corrupt?): {type(err).__name__}: {str(err).splitlines()[0][:200]}"
                          ) from None
+
+
+def check_pixels(images: torch.Tensor, fn: str) -> None:
+    """Refuse images scaled 0-255 where [0, 1] is expected (one host sync: call it where
+    images come in, once, not on every step)."""
+    if images.is_floating_point() and images.numel() and float(images.max()) > 1.5:
+        raise ValueError(f"{fn}: images must hold pixels in [0, 1], got values up to "
+                         f"{float(images.max()):.0f} (divide 0-255 pixels by 255)")

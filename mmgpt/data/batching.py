@@ -35,6 +35,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ..utils import check_pixels
+
 __all__ = ["Collate", "make_collate", "collate", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
@@ -145,9 +147,7 @@ def _stack_images(batch: Sequence[dict]) -> torch.Tensor:
         raise ValueError(f"Collate: the images of a batch must share one shape, got {shapes}; "
                          f"resize them (e.g. FolderDataset(..., image_size=64))")
     stacked = torch.stack(images)
-    if stacked.is_floating_point() and stacked.numel() and float(stacked.max()) > 1.5:
-        raise ValueError(f"Collate: images must hold pixels in [0, 1], got values up to "
-                         f"{float(stacked.max()):.0f} (divide 0-255 pixels by 255)")
+    check_pixels(stacked, "Collate")
     return stacked
 
 
