@@ -144,3 +144,18 @@ def tensor(x, name: str, fn: str, ndim: Optional[Sequence[int]] = None, layout: 
     if floating and not x.is_floating_point():
         raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
     return x
+
+
+def is_number(value) -> bool:
+    """A finite real number that is not a ``bool``."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def on_host(x: torch.Tensor) -> bool:
+    """True when ``x``'s values can be read without waiting for an accelerator (it is in CPU
+    memory). A check that reads a tensor's values (``int(ids.max())``, ``bool(mask.any())``)
+    on a GPU stalls the host until the device has caught up, every step, and breaks
+    ``torch.compile``'s graph: on the per-step path such checks run ``if on_host(x)``, where
+    they cost nothing, and the data pipeline, which builds the tensors on the CPU, vouches
+    for them on an accelerator."""
+    return x.device.type == "cpu"
