@@ -159,3 +159,68 @@ def on_host(x: torch.Tensor) -> bool:
     they cost nothing, and the data pipeline, which builds the tensors on the CPU, vouches
     for them on an accelerator."""
     return x.device.type == "cpu"
+
+
+# The layout the image functions (conv, pooling, patches) take, as ``tensor``'s ``layout``.
+IMAGES = "4-D (batch, channels, height, width) or 3-D (channels, height, width)"
+
+
+def closed_probability(value, name: str, fn: str, error=ValueError) -> float:
+    """A probability that may be 1, as ``F.dropout`` takes it (``p=1`` zeroes everything):
+    a number in ``[0, 1]``."""
+    if not (is_number(value) and 0 <= value <= 1):
+        raise error(f"{fn}: {name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def shape(x, name: str, fn: str, *dims) -> torch.Tensor:
+    """``x`` if it is a tensor of shape ``dims``, where an int must match and a str names a
+    size that may be anything: ``shape(x, "x", fn, "B", "L", 8)`` wants ``(B, L, 8)``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor, got {type(x).__name__}")
+    if x.dim() != len(dims) or any(is_int(d) and n != d for n, d in zip(x.shape, dims)):
+        raise ValueError(f"{fn}: {name} must have shape ({', '.join(map(str, dims))}), "
+                         f"got {tuple(x.shape)}")
+    return x
+
+
+def same(fn: str, what: str, error=ValueError, **values):
+    """The common value of ``values`` if they agree, else ``error`` naming them:
+    ``same(fn, "dtype", TypeError, q=q.dtype, k=k.dtype)``."""
+    first, *rest = values.values()
+    if any(v != first for v in rest):
+        names, got = list(values), [str(v) for v in values.values()]
+        raise error(f"{fn}: {', '.join(names[:-1])} and {names[-1]} must have the same {what}, "
+                    f"got {', '.join(got[:-1])} and {got[-1]}")
+    return first
+
+
+def broadcast(fn: str, what: str, **shapes) -> torch.Size:
+    """``torch.broadcast_shapes`` of ``shapes``, or ``ValueError`` naming them:
+    ``broadcast(fn, "batch dimensions", q=q.shape[:-2], k=k.shape[:-2])``."""
+    try:
+        return torch.broadcast_shapes(*shapes.values())
+    except RuntimeError:
+        listed = [f"{n} {tuple(s)}" for n, s in shapes.items()]
+        raise ValueError(f"{fn}: the {what} of {', '.join(listed[:-1])} and {listed[-1]} do "
+                         f"not broadcast") from None
+
+
+def attention_mask(mask, name: str, fn: str, shape: Sequence[int],
+                   dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` if it can mask attention scores of ``shape`` and ``dtype``: a bool tensor
+    (``True`` = may attend) or a float one (float32 or ``dtype``, added to the scores) that
+    broadcasts to ``shape``, as ``F.scaled_dot_product_attention`` takes it."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a tensor or None, got {type(mask).__name__}")
+    if mask.dtype not in (torch.bool, torch.float32, dtype):
+        raise TypeError(f"{fn}: {name} must be bool (True = may attend) or a float mask of "
+                        f"dtype float32 or {dtype} (added to the scores), got {mask.dtype}")
+    try:
+        ok = torch.broadcast_shapes(mask.shape, shape) == tuple(shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{fn}: {name} of shape {tuple(mask.shape)} does not broadcast to the "
+                         f"scores' shape {tuple(shape)} (..., L, S)")
+    return mask
