@@ -224,3 +224,13 @@ def attention_mask(mask, name: str, fn: str, shape: Sequence[int],
         raise ValueError(f"{fn}: {name} of shape {tuple(mask.shape)} does not broadcast to the "
                          f"scores' shape {tuple(shape)} (..., L, S)")
     return mask
+
+
+def items(value, name: str, fn: str, count: int, example: str = "") -> tuple:
+    """A list or tuple of ``count`` items, as a tuple (a string is not a list of letters);
+    check each item with another validator. ``example`` shows the expected form."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) \
+            or len(value) != count:
+        like = f" like {example}" if example else ""
+        raise ValueError(f"{fn}: {name} must be a list of {count}{like}, got {value!r}")
+    return tuple(value)
