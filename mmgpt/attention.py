@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _checks
+
 __all__ = [
     "softmax",
     "causal_mask",
@@ -66,11 +68,7 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
       a zero output, and zeros here give exactly that. Its gradient is zero too.
     * ``float16``/``bfloat16`` input is computed in ``float32`` and rounded back once.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"softmax: x must be a tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"softmax: x must be a floating-point tensor, got {x.dtype}")
-    dtype = x.dtype
+    dtype = _checks.tensor(x, "x", "softmax", floating=True).dtype
     if dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     peak = x.amax(dim=dim, keepdim=True).detach()  # the shift needs no gradient
@@ -85,12 +83,6 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
 # Masks (boolean, True = may attend)
 # --------------------------------------------------------------------------------------
 
-def _int(value, name: str, fn: str, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def causal_mask(L: int, S: Optional[int] = None, device=None, *, offset: int = 0) -> Tensor:
     """Boolean ``(L, S)`` mask, ``True`` where query ``i`` may attend to key ``j <= i + offset``.
 
@@ -100,10 +92,9 @@ def causal_mask(L: int, S: Optional[int] = None, device=None, *, offset: int = 0
     cache), pass ``offset=S - L``: query ``i`` sits at position ``i + offset``.
     """
     fn = "causal_mask"
-    L = _int(L, "L", fn)
-    S = L if S is None else _int(S, "S", fn)
-    if not isinstance(offset, int) or isinstance(offset, bool):
-        raise ValueError(f"{fn}: offset must be an int, got {offset!r}")
+    L = _checks.integer(L, "L", fn, minimum=0)
+    S = L if S is None else _checks.integer(S, "S", fn, minimum=0)
+    offset = _checks.integer(offset, "offset", fn)
     return torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=offset)
 
 
@@ -116,7 +107,7 @@ def padding_mask(lengths: Union[Tensor, Sequence[int]], max_len: Optional[int] =
     """
     fn = "padding_mask"
     if not isinstance(lengths, Tensor):
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+        if not all(_checks.is_int(n) for n in lengths):
             raise TypeError(f"{fn}: lengths must be a 1-D integer tensor or a list of ints, "
                             f"got {lengths!r}")
         lengths = torch.tensor(list(lengths), dtype=torch.long)
@@ -126,7 +117,7 @@ def padding_mask(lengths: Union[Tensor, Sequence[int]], max_len: Optional[int] =
     if (lengths < 0).any():
         raise ValueError(f"{fn}: lengths must be >= 0, got {lengths.tolist()}")
     longest = int(lengths.max()) if lengths.numel() else 0
-    T = longest if max_len is None else _int(max_len, "max_len", fn)
+    T = longest if max_len is None else _checks.integer(max_len, "max_len", fn, minimum=0)
     if longest > T:
         raise ValueError(f"{fn}: max_len={T} is shorter than the longest length {longest}")
     return torch.arange(T, device=lengths.device) < lengths[:, None]
@@ -140,8 +131,8 @@ def prefix_causal_mask(num_prefix: int, L: int, device=None) -> Tensor:
     ``num_prefix=0`` is the plain causal mask, ``num_prefix=L`` attends everywhere.
     """
     fn = "prefix_causal_mask"
-    L = _int(L, "L", fn)
-    num_prefix = _int(num_prefix, "num_prefix", fn)
+    L = _checks.integer(L, "L", fn, minimum=0)
+    num_prefix = _checks.integer(num_prefix, "num_prefix", fn, minimum=0)
     if num_prefix > L:
         raise ValueError(f"{fn}: num_prefix must be at most L={L}, got {num_prefix}")
     mask = causal_mask(L, device=device)
@@ -153,64 +144,9 @@ def prefix_causal_mask(num_prefix: int, L: int, device=None) -> Tensor:
 # Scaled dot-product attention
 # --------------------------------------------------------------------------------------
 
-def _check_qk(q, k, fn: str) -> None:
-    for name, t in (("q", q), ("k", k)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{fn}: {name} must be a tensor, got {type(t).__name__}")
-        if t.dim() < 2:
-            raise ValueError(f"{fn}: {name} must have at least 2 dimensions (..., length, "
-                             f"head_dim), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {t.dtype}")
-    if k.dtype != q.dtype:
-        raise TypeError(f"{fn}: q and k must have the same dtype, got {q.dtype} and {k.dtype}")
-    if q.device != k.device:
-        raise ValueError(f"{fn}: q and k must be on the same device, got {q.device} and "
-                         f"{k.device}")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{fn}: q and k must have the same head dimension (last dim), got "
-                         f"q {tuple(q.shape)} and k {tuple(k.shape)}")
-    try:
-        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"{fn}: the batch dimensions of q {tuple(q.shape)} and k "
-                         f"{tuple(k.shape)} do not broadcast") from None
-
-
-def _check_mask(attn_mask, shape: torch.Size, dtype: torch.dtype, is_causal: bool,
-                fn: str) -> None:
-    if attn_mask is None:
-        return
-    if is_causal:
-        raise ValueError(f"{fn}: pass either attn_mask or is_causal=True, not both (as in "
-                         f"F.scaled_dot_product_attention); combine them into one mask")
-    if not isinstance(attn_mask, Tensor):
-        raise TypeError(f"{fn}: attn_mask must be a tensor or None, got "
-                        f"{type(attn_mask).__name__}")
-    if attn_mask.dtype not in (torch.bool, torch.float32, dtype):
-        raise TypeError(f"{fn}: attn_mask must be bool (True = may attend) or a float mask of "
-                        f"dtype float32 or {dtype} (added to the scores), got {attn_mask.dtype}")
-    try:
-        ok = torch.broadcast_shapes(attn_mask.shape, shape) == shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{fn}: attn_mask of shape {tuple(attn_mask.shape)} does not broadcast "
-                         f"to the scores' shape {tuple(shape)} (..., L, S)")
-
-
-def _repeat_kv(t: Tensor, q: Tensor, name: str, fn: str) -> Tensor:
-    """Grouped-query attention: repeat each key/value head for its group of query heads."""
-    for n, x in (("q", q), (name, t)):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{fn}: {n} must be a tensor, got {type(x).__name__}")
-    if q.dim() < 3 or t.dim() < 3:
-        raise ValueError(f"{fn}: enable_gqa needs a heads dimension (-3) on q and {name}, got "
-                         f"q {tuple(q.shape)} and {name} {tuple(t.shape)}")
-    if q.shape[-3] % t.shape[-3]:
-        raise ValueError(f"{fn}: with enable_gqa the number of query heads ({q.shape[-3]}) "
-                         f"must be a multiple of {name}'s heads ({t.shape[-3]})")
-    return t.repeat_interleave(q.shape[-3] // t.shape[-3], dim=-3)
+# The rank q, k and v may have: any leading (batch, heads) dimensions, then (length, features).
+_QKV = dict(ndim=range(2, 65), layout="a tensor of at least 2 dimensions (..., length, features)",
+            floating=True)
 
 
 def attention_weights(q: Tensor, k: Tensor, attn_mask: Optional[Tensor] = None,
@@ -224,10 +160,18 @@ def attention_weights(q: Tensor, k: Tensor, attn_mask: Optional[Tensor] = None,
     the ``S`` keys: non-negative, summing to 1 (or all zero if every key is masked out).
     """
     fn = "attention_weights"
-    _check_qk(q, k, fn)
+    _checks.tensor(q, "q", fn, **_QKV)
+    _checks.tensor(k, "k", fn, **_QKV)
+    _checks.same(fn, "dtype", TypeError, q=q.dtype, k=k.dtype)
+    _checks.same(fn, "head dimension (last dim)", q=q.shape[-1], k=k.shape[-1])
     L, S = q.shape[-2], k.shape[-2]
-    shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S)
-    _check_mask(attn_mask, shape, q.dtype, is_causal, fn)
+    shape = _checks.broadcast(fn, "batch dimensions", q=q.shape[:-2], k=k.shape[:-2]) + (L, S)
+    if attn_mask is not None and is_causal:
+        raise ValueError(f"{fn}: pass either attn_mask or is_causal=True, not both (as in "
+                         f"F.scaled_dot_product_attention); combine them into one mask")
+    if attn_mask is not None:
+        _checks.attention_mask(attn_mask, "attn_mask", fn, shape, q.dtype)
+
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q @ k.transpose(-2, -1) * scale  # (..., L, S): how well query i matches key j
     if is_causal:
@@ -265,30 +209,33 @@ def scaled_dot_product_attention(
     ``nn.MultiheadAttention``'s).
     """
     fn = "scaled_dot_product_attention"
-    if enable_gqa:
+    dropout_p = _checks.closed_probability(dropout_p, "dropout_p", fn)
+    if enable_gqa:  # grouped-query attention: each key/value head serves a group of query heads
         k, v = _repeat_kv(k, q, "k", fn), _repeat_kv(v, q, "v", fn)
-    _check_qk(q, k, fn)
-    if not isinstance(v, Tensor):
-        raise TypeError(f"{fn}: v must be a tensor, got {type(v).__name__}")
-    if v.dtype != q.dtype:
-        raise TypeError(f"{fn}: q, k and v must have the same dtype, got {q.dtype}, {k.dtype} "
-                        f"and {v.dtype}")
-    if v.dim() < 2 or v.shape[-2] != k.shape[-2]:
+    weights = attention_weights(q, k, attn_mask, is_causal, scale)  # (..., L, S); checks q, k
+    _checks.tensor(v, "v", fn, **_QKV)
+    _checks.same(fn, "dtype", TypeError, q=q.dtype, k=k.dtype, v=v.dtype)
+    if v.shape[-2] != k.shape[-2]:
         raise ValueError(f"{fn}: v must have as many positions as k (dim -2), got k "
                          f"{tuple(k.shape)} and v {tuple(v.shape)}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) \
-            or not 0.0 <= dropout_p <= 1.0:
-        raise ValueError(f"{fn}: dropout_p must be a probability in [0, 1], got {dropout_p!r}")
-    try:
-        torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
-        raise ValueError(f"{fn}: the batch dimensions of v {tuple(v.shape)} do not broadcast "
-                         f"with those of q {tuple(q.shape)} and k {tuple(k.shape)}") from None
-    weights = attention_weights(q, k, attn_mask, is_causal, scale)  # (..., L, S)
+    _checks.broadcast(fn, "batch dimensions", v=v.shape[:-2], q=q.shape[:-2], k=k.shape[:-2])
+
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p, training=True)
     out = weights @ v  # (..., L, Ev): each output mixes the values, weighted
     return (out, weights) if return_weights else out
+
+
+def _repeat_kv(t: Tensor, q: Tensor, name: str, fn: str) -> Tensor:
+    """Grouped-query attention: repeat each key/value head for its group of query heads."""
+    heads = dict(ndim=range(3, 65), layout="a tensor of at least 3 dimensions (..., heads, "
+                                            "length, features) for enable_gqa")
+    _checks.tensor(q, "q", fn, **heads)
+    _checks.tensor(t, name, fn, **heads)
+    if q.shape[-3] % t.shape[-3]:
+        raise ValueError(f"{fn}: with enable_gqa the number of query heads ({q.shape[-3]}) "
+                         f"must be a multiple of {name}'s heads ({t.shape[-3]})")
+    return t.repeat_interleave(q.shape[-3] // t.shape[-3], dim=-3)
 
 
 # --------------------------------------------------------------------------------------
@@ -323,21 +270,17 @@ class KVCache:
 
     def append(self, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
         """Add ``k``, ``v`` of shape ``(B, heads, T_new, head_dim)``; return all keys and values."""
-        for name, t in (("k", k), ("v", v)):
-            if not isinstance(t, Tensor) or t.dim() != 4:
-                raise ValueError(f"KVCache.append: {name} must be a 4-D tensor (B, heads, T, "
-                                 f"head_dim), got {getattr(t, 'shape', type(t).__name__)}")
-        if k.shape[:3] != v.shape[:3]:
-            raise ValueError(f"KVCache.append: k and v must agree in (B, heads, T), got "
-                             f"{tuple(k.shape)} and {tuple(v.shape)}")
+        fn = "KVCache.append"
+        _checks.shape(k, "k", fn, "B", "heads", "T", "head_dim")
+        _checks.shape(v, "v", fn, *k.shape[:3], "head_dim")
         if self.k is None:
             self.k, self.v = k, v
         else:
-            for name, new, old in (("k", k, self.k), ("v", v, self.v)):
-                if new.shape[:2] != old.shape[:2] or new.shape[3] != old.shape[3]:
-                    raise ValueError(f"KVCache.append: {name} of shape {tuple(new.shape)} does "
-                                     f"not continue the cached {tuple(old.shape)} (B, heads "
-                                     f"and head_dim must match)")
+            if not (k.shape[:2] == self.k.shape[:2] and k.shape[3] == self.k.shape[3]
+                    and v.shape[3] == self.v.shape[3]):
+                raise ValueError(f"{fn}: this step (k {tuple(k.shape)}, v {tuple(v.shape)}) does "
+                                 f"not continue the cached keys and values (k {tuple(self.k.shape)}"
+                                 f", v {tuple(self.v.shape)}): B, heads and head_dim must match")
             self.k = torch.cat([self.k, k], dim=2)
             self.v = torch.cat([self.v, v], dim=2)
         return self.k, self.v
@@ -376,17 +319,16 @@ class MultiHeadAttention(nn.Module):
                  fused: bool = False) -> None:
         super().__init__()
         fn = "MultiHeadAttention"
-        dim, num_heads = _int(dim, "dim", fn, 1), _int(num_heads, "num_heads", fn, 1)
+        dim = _checks.positive_int(dim, "dim", fn)
+        num_heads = _checks.positive_int(num_heads, "num_heads", fn)
         if dim % num_heads:
             raise ValueError(f"{fn}: dim must be divisible by num_heads, got dim={dim} and "
                              f"num_heads={num_heads} (remainder {dim % num_heads})")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"{fn}: dropout must be a probability in [0, 1], got {dropout!r}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.kdim = dim if kdim is None else _int(kdim, "kdim", fn, 1)
-        self.vdim = dim if vdim is None else _int(vdim, "vdim", fn, 1)
-        self.dropout, self.fused = float(dropout), bool(fused)
+        self.kdim = dim if kdim is None else _checks.positive_int(kdim, "kdim", fn)
+        self.vdim = dim if vdim is None else _checks.positive_int(vdim, "vdim", fn)
+        self.dropout = _checks.closed_probability(dropout, "dropout", fn)
+        self.fused = bool(fused)
         self.q_proj = nn.Linear(dim, dim, bias=bias)
         self.k_proj = nn.Linear(self.kdim, dim, bias=bias)
         self.v_proj = nn.Linear(self.vdim, dim, bias=bias)
@@ -406,14 +348,6 @@ class MultiHeadAttention(nn.Module):
         """``(B, heads, T, head_dim)`` -> ``(B, T, dim)``: the heads' outputs side by side."""
         B, _, T, _ = t.shape
         return t.transpose(1, 2).reshape(B, T, self.dim)
-
-    def _check_input(self, t, name: str, features: int) -> None:
-        fn = "MultiHeadAttention.forward"
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{fn}: {name} must be a tensor, got {type(t).__name__}")
-        if t.dim() != 3 or t.shape[-1] != features:
-            raise ValueError(f"{fn}: {name} must have shape (B, length, {features}), got "
-                             f"{tuple(t.shape)}")
 
     def _keys_values(self, x: Tensor, context: Optional[Tensor],
                      cache: Optional[KVCache]) -> Tuple[Tensor, Tensor, int]:
@@ -442,7 +376,7 @@ class MultiHeadAttention(nn.Module):
         if self.kdim != self.vdim:
             raise ValueError(f"{fn}: one context cannot feed kdim={self.kdim} and "
                              f"vdim={self.vdim}; use kdim == vdim")
-        self._check_input(context, "context", self.kdim)
+        _checks.shape(context, "context", fn, "B", "length", self.kdim)
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"{fn}: context has batch size {context.shape[0]} but x has "
                              f"{x.shape[0]}")
@@ -463,13 +397,11 @@ class MultiHeadAttention(nn.Module):
         shape = torch.Size((B, self.num_heads, L, S))
         masks = []
         if attn_mask is not None:
-            _check_mask(attn_mask, shape, dtype, False, fn)
-            masks.append(attn_mask)
+            masks.append(_checks.attention_mask(attn_mask, "attn_mask", fn, shape, dtype))
         if key_padding_mask is not None:
-            if not isinstance(key_padding_mask, Tensor) or tuple(key_padding_mask.shape) != (B, S):
+            if not isinstance(key_padding_mask, Tensor) or key_padding_mask.shape != (B, S):
                 raise ValueError(f"{fn}: key_padding_mask must have shape (B, S) = {(B, S)} "
-                                 f"(True = padding), got "
-                                 f"{getattr(key_padding_mask, 'shape', key_padding_mask)!r}")
+                                 f"(True = padding), got {_checks.describe(key_padding_mask)}")
             kpm = key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
             masks.append(~kpm if kpm.dtype == torch.bool else kpm)
         if is_causal:
@@ -511,7 +443,7 @@ class MultiHeadAttention(nn.Module):
 
         Returns the output ``(B, L, dim)``, or ``(output, weights)``.
         """
-        self._check_input(x, "x", self.dim)
+        _checks.shape(x, "x", "MultiHeadAttention.forward", "B", "length", self.dim)
         B, L, _ = x.shape
         q = self.split_heads(self.q_proj(x))  # (B, heads, L, head_dim)
         k, v, offset = self._keys_values(x, context, cache)  # (B, heads, S, head_dim)
