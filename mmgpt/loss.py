@@ -18,13 +18,17 @@ Chapter 09 derives these. Everything is built from one numerically safe primitiv
 """
 from __future__ import annotations
 
-from numbers import Integral, Real
-from typing import Optional, Tuple, Union
+import math
+from numbers import Real
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
+from . import _checks
+
 __all__ = [
+    "IGNORE_INDEX",
     "logsumexp",
     "log_softmax",
     "cross_entropy",
@@ -35,12 +39,9 @@ __all__ = [
 
 REDUCTIONS = ("none", "mean", "sum")
 
-
-def _check_float(x, name: str, fn: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{fn}: {name} must be a tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {x.dtype}")
+# The target that counts for nothing: the book's labels carry it on image, prompt and padding
+# positions (the package's one definition; F.cross_entropy's default too).
+IGNORE_INDEX = -100
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -62,7 +63,7 @@ def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
     the gradient of the result is ``softmax(x)``. A row that is entirely ``-inf`` gives
     ``-inf``, and a row holding ``+inf`` gives ``+inf``, as in PyTorch.
     """
-    _check_float(x, "x", "logsumexp")
+    _checks.tensor(x, "x", "logsumexp", floating=True)
     dtype, x = x.dtype, _upcast(x)
     if x.dim() == 0:
         return x.clone().to(dtype)
@@ -79,7 +80,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     (``log 0 = -inf``, e.g. a logit 200 below the largest in float32); the difference
     form stays exact.
     """
-    _check_float(x, "x", "log_softmax")
+    _checks.tensor(x, "x", "log_softmax", floating=True)
     dtype, x = x.dtype, _upcast(x)
     return (x - logsumexp(x, dim=dim, keepdim=True)).to(dtype)
 
@@ -88,57 +89,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 # Cross-entropy
 # --------------------------------------------------------------------------------------
 
-def _check_reduction(reduction, fn: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-
-
-def _check_cross_entropy_args(logits, target, ignore_index, reduction, label_smoothing,
-                              weight, fn: str) -> bool:
-    """Validate the arguments; return True when ``target`` holds class indices."""
-    _check_float(logits, "logits", fn)
-    if logits.dim() == 0:
-        raise ValueError(f"{fn}: logits must have a class dimension (last), got a scalar")
-    C = logits.shape[-1]
-    if C == 0:
-        raise ValueError(f"{fn}: logits must have at least one class (last dimension), "
-                         f"got shape {tuple(logits.shape)}")
-    if not isinstance(target, Tensor):
-        raise TypeError(f"{fn}: target must be a tensor, got {type(target).__name__}")
-    _check_reduction(reduction, fn)
-    if (not isinstance(label_smoothing, Real) or isinstance(label_smoothing, bool)
-            or not 0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"{fn}: label_smoothing must be a number in [0, 1], "
-                         f"got {label_smoothing!r}")
-    if not isinstance(ignore_index, Integral) or isinstance(ignore_index, bool):
-        raise TypeError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
-    if weight is not None:
-        _check_float(weight, "weight", fn)
-        if weight.shape != (C,):
-            raise ValueError(f"{fn}: weight must have one entry per class, shape ({C},), "
-                             f"got {tuple(weight.shape)}")
-    if target.is_floating_point():  # class probabilities, one row per position
-        if target.shape != logits.shape:
-            raise ValueError(f"{fn}: a floating-point target holds class probabilities and "
-                             f"must have logits' shape {tuple(logits.shape)}, got "
-                             f"{tuple(target.shape)} (class indices must be integers)")
-        return False
-    if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(f"{fn}: target must hold integer class indices (int64), got "
-                        f"{target.dtype}")
-    if target.shape != logits.shape[:-1]:
-        raise ValueError(f"{fn}: target must have logits' shape without the class "
-                         f"dimension, {tuple(logits.shape[:-1])}, got {tuple(target.shape)} "
-                         f"(logits are (..., C) with the classes last)")
-    bad = (target != ignore_index) & ((target < 0) | (target >= C))
-    if bad.any():
-        value = target[bad].flatten()[0].item()
-        raise ValueError(f"{fn}: target holds {value}, outside [0, {C - 1}] for {C} classes "
-                         f"and not ignore_index={ignore_index}")
-    return True
-
-
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100,
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX,
                   reduction: str = "mean", label_smoothing: float = 0.0, *,
                   weight: Optional[Tensor] = None) -> Tensor:
     """Cross-entropy between ``softmax(logits)`` and the target; equals ``F.cross_entropy``.
@@ -166,17 +117,40 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100,
     ``loss_i = -(1 - eps) * w[y_i] * log p_i[y_i] - eps / C * sum_c w[c] * log p_i[c]``
     (``w = 1`` without weights). Invalid arguments (a target of the wrong shape or out of
     range, an unknown reduction, ``label_smoothing`` outside ``[0, 1]``) raise errors that
-    name them; the range check reads one boolean back from the device, as PyTorch's CPU
-    kernel checks it too. float16/bfloat16 logits are computed in float32 and the result
-    is cast back.
+    name them. The range of the target's values is checked where that reads nothing back
+    from an accelerator: on CPU tensors (the data pipeline builds its labels there); on a
+    GPU an out-of-range index trips the device's own index check, as in PyTorch.
+    float16/bfloat16 logits are computed in float32 and the result is cast back.
     """
     fn = "cross_entropy"
-    indices = _check_cross_entropy_args(logits, target, ignore_index, reduction,
-                                        label_smoothing, weight, fn)
+    _checks.tensor(logits, "logits", fn, floating=True)
+    _checks.tensor(target, "target", fn)
+    _checks.one_of(reduction, "reduction", fn, REDUCTIONS)
+    eps = _checks.number(label_smoothing, "label_smoothing", fn, 0, 1)
+    _checks.integer(ignore_index, "ignore_index", fn, error=TypeError)
+    if logits.dim() == 0 or logits.shape[-1] == 0:
+        raise ValueError(f"{fn}: logits must have a class dimension (last) with at least one "
+                         f"class, got shape {tuple(logits.shape)}")
     dtype, C = logits.dtype, logits.shape[-1]
+    if weight is not None and _checks.tensor(weight, "weight", fn, floating=True).shape != (C,):
+        raise ValueError(f"{fn}: weight must have one entry per class, shape ({C},), "
+                         f"got {tuple(weight.shape)}")
+    indices = not target.is_floating_point()  # else class probabilities, one row per position
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"{fn}: target must hold integer class indices (int64), got {target.dtype}")
+    if target.shape != (logits.shape[:-1] if indices else logits.shape):
+        raise ValueError(f"{fn}: target must have logits' shape without the class dimension, "
+                         f"{tuple(logits.shape[:-1])}, for class indices, or logits' shape "
+                         f"{tuple(logits.shape)} (a floating-point target holds class "
+                         f"probabilities); got {_checks.describe(target)}")
+    if indices and _checks.on_host(target):
+        bad = (target != ignore_index) & ((target < 0) | (target >= C))
+        if bad.any():
+            raise ValueError(f"{fn}: target holds {target[bad][0].item()}, outside [0, {C - 1}] "
+                             f"for {C} classes and not ignore_index={ignore_index}")
+
     logp = log_softmax(_upcast(logits), dim=-1)  # (..., C)
     w = None if weight is None else weight.to(logp.dtype)
-    eps = float(label_smoothing)
 
     if not indices:  # soft targets: the seed's -sum_c y_c log p_c, row by row
         q = target.to(logp.dtype)
@@ -203,7 +177,7 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100,
     return (total if reduction == "sum" else total / count).to(dtype)
 
 
-def perplexity(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
+def perplexity(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """``exp(cross_entropy(logits, target, ignore_index))``: the model's "effective number
     of choices" per counted token.
 
@@ -218,22 +192,6 @@ def perplexity(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tens
 # --------------------------------------------------------------------------------------
 # Contrastive alignment (CLIP)
 # --------------------------------------------------------------------------------------
-
-def _check_temperature(temperature, fn: str) -> None:
-    if isinstance(temperature, Tensor):
-        if temperature.numel() != 1 or not temperature.is_floating_point():
-            raise ValueError(f"{fn}: temperature must be a positive number or a "
-                             f"one-element float tensor, got shape "
-                             f"{tuple(temperature.shape)} and dtype {temperature.dtype}")
-        value = temperature.detach().item()
-    elif isinstance(temperature, Real) and not isinstance(temperature, bool):
-        value = float(temperature)
-    else:
-        raise TypeError(f"{fn}: temperature must be a positive number, got "
-                        f"{type(temperature).__name__}")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{fn}: temperature must be > 0 and finite, got {value}")
-
 
 def _normalize(x: Tensor) -> Tensor:
     """Each row divided by its length (a zero row stays zero, as in ``F.normalize``)."""
@@ -251,18 +209,19 @@ def contrastive_logits(image_emb: Tensor, text_emb: Tensor,
     """
     fn = "contrastive_logits"
     for name, emb in (("image_emb", image_emb), ("text_emb", text_emb)):
-        _check_float(emb, name, fn)
-        if emb.dim() != 2 or emb.shape[0] == 0:
-            raise ValueError(f"{fn}: {name} must be 2-D (batch, dim) with a non-empty "
-                             f"batch, got shape {tuple(emb.shape)}")
-    if image_emb.shape[0] != text_emb.shape[0]:
-        raise ValueError(f"{fn}: image_emb and text_emb must hold the same number of pairs "
-                         f"(batch), got {image_emb.shape[0]} images and "
-                         f"{text_emb.shape[0]} texts")
-    if image_emb.shape[1] != text_emb.shape[1]:
-        raise ValueError(f"{fn}: image_emb and text_emb must have the same embedding size "
-                         f"(dim), got {image_emb.shape[1]} and {text_emb.shape[1]}")
-    _check_temperature(temperature, fn)
+        _checks.tensor(emb, name, fn, ndim=(2,), layout="2-D (batch, dim)", floating=True)
+    if text_emb.shape != image_emb.shape or len(image_emb) == 0:
+        raise ValueError(f"{fn}: image_emb and text_emb must hold the same number of pairs (a "
+                         f"non-empty batch) with the same embedding size (dim); got "
+                         f"{len(image_emb)} images and {len(text_emb)} texts, of sizes "
+                         f"{image_emb.shape[1]} and {text_emb.shape[1]}")
+    t = temperature.detach() if isinstance(temperature, Tensor) else temperature
+    if not (isinstance(t, Real) and not isinstance(t, bool)
+            or isinstance(t, Tensor) and t.numel() == 1 and t.is_floating_point()):
+        raise TypeError(f"{fn}: temperature must be a positive number or a one-element float "
+                        f"tensor, got {_checks.describe(t)}")
+    if (not isinstance(t, Tensor) or _checks.on_host(t)) and not 0 < float(t) < math.inf:
+        raise ValueError(f"{fn}: temperature must be > 0 and finite, got {float(t)}")
     return _normalize(image_emb) @ _normalize(text_emb).T / temperature
 
 
