@@ -25,6 +25,8 @@ import re
 from collections import Counter
 from typing import Dict, Iterable, List, Sequence, Tuple
 
+from . import _checks
+
 __all__ = ["WORD_PATTERN", "split_words", "count_pairs", "merge_pair", "BPETokenizer"]
 
 Pair = Tuple[int, int]
@@ -113,8 +115,8 @@ class BPETokenizer:
         self._bytes: List[bytes] = [bytes([b]) for b in range(self.NUM_BYTES)]
         self._bytes += [s.encode("utf-8") for s in self.SPECIAL_TOKENS]
         for r, pair in enumerate(merges):
-            if (not isinstance(pair, (tuple, list)) or len(pair) != 2
-                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair)):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2 \
+                    or not all(map(_checks.is_int, pair)):
                 raise TypeError(f"BPETokenizer: merge {r} must be a pair of ints, got {pair!r}")
             a, b = pair
             new_id = first + r
@@ -192,7 +194,7 @@ class BPETokenizer:
     def _check_id(self, i, name: str, fn: str) -> int:
         if hasattr(i, "item") and getattr(i, "ndim", 1) == 0:  # a 0-d tensor or NumPy int
             i = i.item()
-        if not isinstance(i, int) or isinstance(i, bool):
+        if not _checks.is_int(i):
             raise TypeError(f"{fn}: {name} must be an int token id, got {type(i).__name__}")
         if not 0 <= i < self.vocab_size:
             raise ValueError(f"{fn}: {name} = {i} is out of range; token ids run from 0 "
@@ -218,7 +220,7 @@ class BPETokenizer:
         """
         fn = "BPETokenizer.train"
         first = cls.NUM_BYTES + len(cls.SPECIAL_TOKENS)
-        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        if not _checks.is_int(vocab_size):
             raise TypeError(f"{fn}: vocab_size must be an int, got {type(vocab_size).__name__}")
         if vocab_size < first:
             raise ValueError(f"{fn}: vocab_size must be at least 256 bytes + "
