@@ -22,10 +22,16 @@ def leaf(t):
     return None if t is None else t.detach().clone().requires_grad_(True)
 
 
-def assert_close(actual, expected, what: str, atol: float, equal_nan: bool = False) -> None:
-    """Same shape, same dtype, and equal within ``atol`` (no relative slack), or say which."""
+def assert_close(actual, expected, what: str, atol: float, equal_nan: bool = False,
+                 rtol: float = 0.0) -> None:
+    """Same shape, same dtype, and ``|actual - expected| <= atol + rtol * |expected|``
+    everywhere (no relative slack unless a test asks for it), or say which.
+
+    The one tensor comparison of the package tests: each call states its tolerance, so a
+    reader sees how close "close" is and why (round-off of the dtype and size at hand).
+    """
     assert actual is not None, f"{what} is None (no gradient reached it)"
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    torch.testing.assert_close(actual, expected, rtol=0, atol=atol, equal_nan=equal_nan,
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=equal_nan,
                                msg=lambda m: f"{what}: {m}")

@@ -178,7 +178,9 @@ def test_prefix_fusion_needs_the_placeholder():
     ids[1, 1] = 5
     with pytest.raises(ValueError, match="row 1 holds it 0 times"):
         model(images, ids)
-    assert model.__class__(dataclasses.replace(model.config, fusion="late"))(images, ids)
+    for other in ("cross", "late"):  # they read <image> as an ordinary token, or none at all
+        logits, loss = MultimodalGPT(dataclasses.replace(model.config, fusion=other))(images, ids)
+        assert logits.shape == (3, 10, V) and loss is None and bool(torch.isfinite(logits).all())
 
 
 # ---------------------------------------------------------------------------------------------

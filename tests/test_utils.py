@@ -1,13 +1,19 @@
-"""mmgpt.utils: atomic saves (device choice and seeding are exercised by every chapter)."""
+"""mmgpt.utils: atomic saves, weights-only loads, the autocast dtype per GPU, the device
+choice (CUDA, then MPS, then the CPU; what is asked for, or a clear error) and ``setup``
+(seeds every generator reproducibly, returns the device, says so in one line)."""
 from __future__ import annotations
 
 import os
+import random
 import threading
 
+import matplotlib
+import numpy as np
 import pytest
 import torch
 
-from mmgpt.utils import load_weights_only, save_atomic
+import mmgpt
+from mmgpt.utils import get_device, load_weights_only, save_atomic, setup
 
 
 def test_save_atomic_writes_a_loadable_file(tmp_path):
@@ -57,3 +63,92 @@ def test_autocast_dtype_follows_the_compute_capability_not_emulation(monkeypatch
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert autocast_dtype("cuda") is expected
     assert autocast_dtype("cpu") is None and autocast_dtype("mps") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Device choice and setup (no GPU here: the test says which devices the machine has)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def machine(monkeypatch):
+    """This machine, with CUDA and MPS present or not as the test sets them (neither at first),
+    and no ``MMGPT_DEVICE`` in the environment."""
+    has = {"cuda": False, "mps": False}
+    monkeypatch.delenv("MMGPT_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has["cuda"])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: has["mps"])
+    return has
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu"),
+])
+def test_get_device_prefers_cuda_then_mps_then_the_cpu(machine, cuda, mps, expected):
+    machine.update(cuda=cuda, mps=mps)
+    assert get_device() == torch.device(expected)
+
+
+def test_a_device_asked_for_is_used_and_the_argument_beats_the_environment(machine, monkeypatch):
+    machine.update(cuda=True, mps=True)
+    assert get_device("cpu") == torch.device("cpu")
+    assert get_device("mps") == torch.device("mps")
+    assert get_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("MMGPT_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+    assert get_device("mps") == torch.device("mps")
+
+
+@pytest.mark.parametrize("cuda, mps, prefer, error, match", [
+    (False, True, "cuda", ValueError, "device 'cuda' was asked for, but CUDA is not available"),
+    (False, False, "cuda:0", ValueError, "device 'cuda:0' was asked for, but CUDA is not"),
+    (True, False, "mps", ValueError, "device 'mps' was asked for, but MPS is not available"),
+    (True, True, "tpu", ValueError, r"device must be 'cuda', 'cuda:N', 'mps' or 'cpu', got 'tpu'"),
+    (True, True, "cuda:x", ValueError, "device must be .* got 'cuda:x'"),
+    (True, True, 3, ValueError, "device must be .* got 3"),
+])
+def test_a_device_that_is_not_there_or_not_a_device_is_refused_by_name(machine, monkeypatch,
+                                                                        cuda, mps, prefer,
+                                                                        error, match):
+    machine.update(cuda=cuda, mps=mps)
+    with pytest.raises(error, match=match):
+        get_device(prefer)
+    if isinstance(prefer, str):  # the same from the environment, where Colab users set it
+        monkeypatch.setenv("MMGPT_DEVICE", prefer)
+        with pytest.raises(error, match=match):
+            get_device()
+
+
+def _draws():
+    return random.random(), float(np.random.rand()), torch.rand(3)
+
+
+def test_setup_seeds_every_generator_and_returns_the_device(machine, capsys):
+    with matplotlib.rc_context():  # setup sets the figure defaults; keep the suite's
+        assert setup(seed=3) == torch.device("cpu")
+        first = _draws()
+        assert setup(seed=3, quiet=True) == torch.device("cpu")
+        again = _draws()
+        setup(seed=4, quiet=True)
+        other = _draws()
+        machine.update(cuda=True)
+        assert setup(seed=3, device="cpu", quiet=True) == torch.device("cpu")
+        assert setup(seed=3, quiet=True) == torch.device("cuda")  # picked, not initialised
+        assert matplotlib.rcParams["figure.dpi"] == 100
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+    assert first[0] != other[0] and first[1] != other[1] and not torch.equal(first[2], other[2])
+    out = capsys.readouterr().out  # one line, from the call that was not quiet
+    assert out == (f"mmgpt {mmgpt.__version__} | torch {torch.__version__} | device: cpu | "
+                   f"seed: 3\n")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(seed="0"), TypeError, "seed must be an int, got str"),
+    (dict(seed=1.5), TypeError, "seed must be an int, got float"),
+    (dict(seed=True), TypeError, "seed must be an int, got bool"),
+    (dict(device="tpu"), ValueError, "device must be 'cuda', 'cuda:N', 'mps' or 'cpu'"),
+    (dict(device="cuda"), ValueError, "CUDA is not available"),
+])
+def test_setup_refuses_bad_arguments_by_name(machine, capsys, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        setup(**kwargs)
+    assert capsys.readouterr().out == ""  # nothing claimed before the error
