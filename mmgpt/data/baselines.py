@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Dict, Iterator, List, Tuple
 
+from .. import _checks
 from .digits import DigitStringsDataset
 from .shapes import ShapesDataset
 
@@ -74,8 +75,7 @@ def caption_corpus(n: int = 20_000, seed: int = 0) -> List[str]:
     Only text is made (no pixels), so this is fast and needs no scikit-learn; held-out
     colour-shape pairs never occur in it.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"caption_corpus: n must be a non-negative int, got {n!r}")
+    _checks.integer(n, "n", "caption_corpus", minimum=0)
     sources = [ShapesDataset("train", 2**39, image_size=64, num_objects=(1, 6), seed=seed),
                ShapesDataset("train", 2**39, image_size=64, num_objects=(1, 6), seed=seed,
                              two_sizes=True),

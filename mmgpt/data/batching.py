@@ -17,8 +17,8 @@ The batch is a dict of tensors (B = batch size, T = longest sequence):
 * ``attention_mask`` ``(B, T)`` bool: ``True`` on real tokens, ``False`` on padding;
 * ``loss_mask`` ``(B, T)`` bool: ``True`` on the tokens to predict: the answer (or caption)
   and the ``<eos>`` after it, never on the prompt or padding;
-* ``labels`` ``(B, T)`` long: ``input_ids`` where ``loss_mask``, else ``-100`` (the
-  ``ignore_index`` of ``F.cross_entropy``). Like ``input_ids`` they are *not* shifted: the
+* ``labels`` ``(B, T)`` long: ``input_ids`` where ``loss_mask``, else ``IGNORE_INDEX`` (-100,
+  from :mod:`mmgpt.loss`: the ``ignore_index`` of ``cross_entropy``). Like ``input_ids`` they are *not* shifted: the
   model predicts token ``t`` from the tokens before it, so the loss compares
   ``logits[:, :-1]`` with ``labels[:, 1:]``;
 * ``prompt_lengths`` and ``lengths`` ``(B,)`` long: prompt and full lengths;
@@ -35,11 +35,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from .. import _checks
+from ..loss import IGNORE_INDEX
 from ..utils import check_pixels
 
 __all__ = ["Collate", "make_collate", "collate", "IGNORE_INDEX"]
 
-IGNORE_INDEX = -100
 _TASKS = ("qa", "caption", "auto")
 _NEEDED = ("encode", "pad_id", "bos_id", "eos_id", "image_id", "sep_id")
 
@@ -62,16 +63,11 @@ class Collate:
         if missing:
             raise TypeError(f"Collate: tokenizer must have {', '.join(_NEEDED)}; "
                             f"{type(tokenizer).__name__} lacks {', '.join(missing)}")
-        if task not in _TASKS:
-            raise ValueError(f"Collate: task must be one of {_TASKS}, got {task!r}")
-        for name, value, low in (("image_tokens", image_tokens, 0), ("max_length", max_length, 1)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < low):
-                raise ValueError(f"Collate: {name} must be an int >= {low}, got {value!r}")
         self.tokenizer = tokenizer
-        self.task = task
-        self.image_tokens = image_tokens
-        self.max_length = max_length
+        self.task = _checks.one_of(task, "task", "Collate", _TASKS)
+        self.image_tokens = _checks.integer(image_tokens, "image_tokens", "Collate", minimum=0)
+        self.max_length = None if max_length is None else \
+            _checks.positive_int(max_length, "max_length", "Collate")
         self._ids: dict = {}  # text -> token ids: a data set repeats its questions and answers
 
     def _encode(self, text: str) -> List[int]:

@@ -16,8 +16,10 @@ from typing import List, MutableSequence, Sequence, Tuple, TypeVar
 
 from PIL import Image
 
-__all__ = ["Rng", "NUMBER_WORDS", "BILINEAR", "SPLITS", "sample_seed", "check_split",
-           "check_length", "check_seed", "check_range", "check_index"]
+from .._checks import is_int
+
+__all__ = ["Rng", "NUMBER_WORDS", "BILINEAR", "SPLITS", "sample_seed", "check_range",
+           "check_index"]
 
 T = TypeVar("T")
 
@@ -70,30 +72,15 @@ def sample_seed(dataset_tag: int, seed: int, split: str, index: int) -> int:
     return (((dataset_tag << 32) + seed) * 4 + SPLITS.index(split)) << 40 | index
 
 
-def check_split(split, allowed: Tuple[str, ...], owner: str) -> str:
-    if split not in allowed:
-        raise ValueError(f"{owner}: split must be one of {allowed}, got {split!r}")
-    return split
-
-
-def check_length(length, owner: str) -> int:
-    if not isinstance(length, int) or isinstance(length, bool) or not 0 <= length < 2**40:
-        raise ValueError(f"{owner}: length must be a non-negative int (below 2**40), "
-                         f"got {length!r}")
-    return length
-
-
-def check_seed(seed, owner: str) -> int:
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ValueError(f"{owner}: seed must be an int in 0..2**32-1, got {seed!r}")
-    return seed
+# What sample_seed can pack: a dataset's length (its indices) and its seed.
+MAX_LENGTH = 2**40 - 1
+MAX_SEED = 2**32 - 1
 
 
 def check_range(value, name: str, owner: str, low: int, high: int) -> Tuple[int, int]:
     """An int or an inclusive ``(min, max)`` pair, both within ``low..high``."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = (isinstance(pair, (tuple, list)) and len(pair) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+    pair = (value, value) if is_int(value) else value
+    ok = (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(map(is_int, pair))
           and low <= pair[0] <= pair[1] <= high)
     if not ok:
         raise ValueError(f"{owner}: {name} must be an int or a (min, max) pair with "
@@ -103,7 +90,7 @@ def check_range(value, name: str, owner: str, low: int, high: int) -> Tuple[int,
 
 def check_index(index, length: int, owner: str) -> int:
     """Sequence-style indexing: negative indices count from the end; IndexError past it."""
-    if not isinstance(index, int) or isinstance(index, bool):
+    if not is_int(index):
         try:  # numpy and torch integer scalars
             index = int(index.__index__())
         except (AttributeError, TypeError):

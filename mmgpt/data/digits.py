@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .common import (BILINEAR, NUMBER_WORDS, Rng, check_index, check_length, check_range,
-                     check_seed, check_split, sample_seed)
+from .. import _checks
+from .common import (BILINEAR, MAX_LENGTH, MAX_SEED, NUMBER_WORDS, Rng, check_index, check_range,
+                     sample_seed)
 
 __all__ = ["DIGIT_FAMILIES", "NUM_TRAIN_SOURCES", "DigitString", "load_digit_sources",
            "DigitStringsDataset"]
@@ -62,7 +63,7 @@ def _load() -> Tuple[np.ndarray, np.ndarray]:
 def load_digit_sources(split: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The scans a split draws from: ``(images uint8 (N, 8, 8), labels (N,), ids (N,))``,
     ``ids`` being their positions in ``load_digits()`` (ink is 255, paper 0)."""
-    check_split(split, ("train", "test"), "load_digit_sources")
+    _checks.one_of(split, "split", "load_digit_sources", ("train", "test"))
     images, labels = _load()
     ids = np.arange(len(labels))
     keep = ids < NUM_TRAIN_SOURCES if split == "train" else ids >= NUM_TRAIN_SOURCES
@@ -104,15 +105,12 @@ class DigitStringsDataset:
     def __init__(self, split: str = "train", length: int = 10_000, *, num_digits=(2, 4),
                  image_size: int = 32, seed: int = 0, families: Optional[Iterable[str]] = None):
         owner = "DigitStringsDataset"
-        self.split = check_split(split, ("train", "test"), owner)
-        self.length = check_length(length, owner)
-        self.seed = check_seed(seed, owner)
+        self.split = _checks.one_of(split, "split", owner, ("train", "test"))
+        self.length = _checks.integer(length, "length", owner, 0, MAX_LENGTH)
+        self.seed = _checks.integer(seed, "seed", owner, 0, MAX_SEED)
         self.num_digits = check_range(num_digits, "num_digits", owner, 1, len(_ORDINALS))
-        if not isinstance(image_size, int) or isinstance(image_size, bool) \
-                or image_size < 8 * self.num_digits[1]:
-            raise ValueError(f"{owner}: image_size must be an int >= 8 * max digits "
-                             f"({8 * self.num_digits[1]}), got {image_size!r}")
-        self.image_size = image_size
+        # 8 pixels (a scan's size) per digit
+        self.image_size = _checks.integer(image_size, "image_size", owner, 8 * self.num_digits[1])
         self.cell = image_size // self.num_digits[1]
         families = DIGIT_FAMILIES if families is None else (
             (families,) if isinstance(families, str) else tuple(families))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import _checks
 from .common import BILINEAR, check_index
 
 __all__ = ["FolderDataset", "load_image"]
@@ -82,11 +83,8 @@ class FolderDataset:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{owner}: root {str(self.root)!r} is not a folder")
-        if image_size is not None and (not isinstance(image_size, int)
-                                       or isinstance(image_size, bool) or image_size < 1):
-            raise ValueError(f"{owner}: image_size must be a positive int or None, "
-                             f"got {image_size!r}")
-        self.image_size = image_size
+        self.image_size = None if image_size is None else \
+            _checks.positive_int(image_size, "image_size", owner)
         self.index = self.root / index
         if not self.index.is_file():
             raise FileNotFoundError(f"{owner}: index file {str(self.index)!r} does not exist")

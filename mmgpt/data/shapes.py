@@ -47,8 +47,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .common import (NUMBER_WORDS, SPLITS, Rng, check_index, check_length, check_range,
-                     check_seed, check_split, sample_seed)
+from .. import _checks
+from .common import (MAX_LENGTH, MAX_SEED, NUMBER_WORDS, SPLITS, Rng, check_index, check_range,
+                     sample_seed)
 
 __all__ = ["COLORS", "SHAPES", "BACKGROUND", "FAMILIES", "DEFAULT_HELDOUT", "ShapeObject",
            "Scene", "render_scene", "ShapesDataset"]
@@ -533,19 +534,15 @@ class ShapesDataset:
                  object_size: Optional[int] = None, two_sizes: bool = False,
                  color_prior: Optional[Tuple[str, str, float]] = None):
         owner = "ShapesDataset"
-        self.split = check_split(split, SPLITS, owner)
-        self.length = check_length(length, owner)
-        self.seed = check_seed(seed, owner)
-        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 16:
-            raise ValueError(f"{owner}: image_size must be an int >= 16, got {image_size!r}")
-        self.image_size = image_size
+        self.split = _checks.one_of(split, "split", owner, SPLITS)
+        self.length = _checks.integer(length, "length", owner, 0, MAX_LENGTH)
+        self.seed = _checks.integer(seed, "seed", owner, 0, MAX_SEED)
+        self.image_size = _checks.integer(image_size, "image_size", owner, minimum=16)
         self.num_objects = check_range(num_objects, "num_objects", owner, 1, len(COLORS))
         self.heldout_combos = _check_combos(heldout_combos, owner)
         if object_size is None:
             object_size = max(2, image_size // 8)
-        if not isinstance(object_size, int) or isinstance(object_size, bool) or object_size < 2:
-            raise ValueError(f"{owner}: object_size must be an int >= 2, got {object_size!r}")
-        self.object_size = object_size
+        self.object_size = _checks.integer(object_size, "object_size", owner, minimum=2)
         self.two_sizes = bool(two_sizes)
         self.families = self._check_families(families, owner)
         self.color_prior = _check_prior(color_prior, self.heldout_combos, split, owner)
@@ -659,8 +656,8 @@ def _check_prior(prior, heldout: Sequence[Combo], split: str, owner: str
         shape, color, strength = prior
     except (TypeError, ValueError):
         raise ValueError(f"{owner}: {expected}, got {prior!r}") from None
-    if shape not in SHAPES or color not in COLORS or isinstance(strength, bool) \
-            or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+    if shape not in SHAPES or color not in COLORS \
+            or not (_checks.is_number(strength) and 0 <= strength <= 1):
         raise ValueError(f"{owner}: {expected}, got {prior!r}")
     if split != "heldout" and (color, shape) in heldout:
         raise ValueError(f"{owner}: color_prior {(shape, color)!r} is a held-out pair, so "
