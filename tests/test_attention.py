@@ -541,3 +541,37 @@ def test_multihead_bad_inputs_name_the_problem():
         cache.append(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4))
     with pytest.raises(ValueError, match="needs its own KVCache"):
         mha(x, torch.randn(2, 3, 8), cache=cache)
+
+
+def test_attention_checks_read_no_tensor_values():
+    """The checks on the per-step path look at shapes and dtypes only. The meta device has no
+    values, so a host sync there (``.item()``, ``bool(t)``, ``.nonzero()``) would raise."""
+    with torch.device("meta"):
+        mha = MultiHeadAttention(8, 2, dropout=0.1)  # training mode: dropout runs too
+        x, context = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+        padding = torch.zeros(2, 5, dtype=torch.bool)
+        assert mha(x, is_causal=True, key_padding_mask=padding).shape == (2, 5, 8)
+        assert mha(x, attn_mask=torch.ones(5, 5, dtype=torch.bool)).shape == (2, 5, 8)
+        assert mha(x, context, need_weights=True)[1].shape == (2, 5, 3)
+        cache = KVCache()
+        for t in range(3):
+            assert mha(x[:, t:t + 1], is_causal=True, cache=cache).shape == (2, 1, 8)
+        q = torch.randn(2, 4, 5, 8)
+        assert scaled_dot_product_attention(q, q[:, :2], q[:, :2], is_causal=True, dropout_p=0.5,
+                                            enable_gqa=True).shape == (2, 4, 5, 8)
+
+
+def test_sdpa_checks_v_and_grouped_heads():
+    q, k, v = _qkv(3, 2, 4, 5, 8, dtype=torch.float32)
+    with pytest.raises(TypeError, match="q, k and v must have the same dtype"):
+        scaled_dot_product_attention(q, k, v.double())
+    with pytest.raises(TypeError, match="v must be a tensor"):
+        scaled_dot_product_attention(q, k, v.tolist())
+    with pytest.raises(ValueError, match=r"query heads \(4\) must be a multiple of k's heads \(3\)"):
+        scaled_dot_product_attention(q, k[:, :3], v[:, :3], enable_gqa=True)
+    with pytest.raises(ValueError, match="at least 3 dimensions"):
+        scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0], enable_gqa=True)
+    with pytest.raises(TypeError, match="x must be a tensor"):
+        MultiHeadAttention(8, 2)(x=[[0.0] * 8])
+    with pytest.raises(ValueError, match="num_heads must be a positive int, got True"):
+        MultiHeadAttention(8, True)

@@ -735,3 +735,25 @@ def test_color_prior_makes_the_shape_nearly_always_that_colour():
 def test_color_prior_rejects_bad_values(prior, match):
     with pytest.raises(ValueError, match=match):
         ShapesDataset("train", 10, color_prior=prior)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: ShapesDataset(seed=True), "seed must be an int in 0..4294967295, got True"),
+    (lambda: ShapesDataset(length=2**40), "length must be an int in 0..1099511627775"),
+    (lambda: ShapesDataset(object_size=2.5), "object_size must be an int >= 2"),
+    (lambda: DigitStringsDataset(length=True), "length must be an int"),
+    (lambda: DigitStringsDataset(image_size=31), "image_size must be an int >= 32, got 31"),
+    (lambda: load_digit_sources("heldout"), "split must be one of"),
+    (lambda: caption_corpus(n=-1), "n must be an int >= 0"),
+    (lambda: make_collate(ByteTokenizer(), max_length=0), "max_length must be a positive int"),
+    (lambda: make_collate(ByteTokenizer(), image_tokens=True), "image_tokens must be an int"),
+])
+def test_dataset_arguments_refuse_bools_and_name_the_bound(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_collate_labels_use_the_loss_ignore_index():
+    from mmgpt import loss
+
+    assert IGNORE_INDEX is loss.IGNORE_INDEX

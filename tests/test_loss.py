@@ -343,3 +343,30 @@ def test_contrastive_loss_of_unrelated_embeddings_is_about_log_batch():
 def test_bad_inputs_raise_errors_naming_the_problem(call, match):
     with pytest.raises(ERRORS, match=match):
         call()
+
+
+def test_loss_checks_read_no_tensor_values_off_the_cpu():
+    """On an accelerator the target's range and the temperature's value are not read back (a
+    device sync every step). The meta device has no values, so a read there would raise."""
+    with torch.device("meta"):
+        logits, target = torch.randn(2, 3, 5), torch.randint(0, 5, (2, 3))
+        weight = torch.rand(5)
+        for kwargs in (dict(), dict(reduction="sum", label_smoothing=0.1), dict(weight=weight)):
+            assert cross_entropy(logits, target, **kwargs).shape == ()
+        assert cross_entropy(logits, target, reduction="none").shape == (2, 3)
+        temperature = torch.tensor(0.1, requires_grad=True)
+        assert contrastive_loss(torch.randn(4, 8), torch.randn(4, 8), temperature).shape == ()
+
+
+def test_ignore_index_has_one_definition():
+    from mmgpt.data import IGNORE_INDEX as data_ignore
+    from mmgpt.loss import IGNORE_INDEX
+
+    assert IGNORE_INDEX == -100 and data_ignore is IGNORE_INDEX
+    assert cross_entropy.__defaults__[0] is IGNORE_INDEX
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), torch.tensor(float("nan"))])
+def test_temperature_must_be_finite(temperature):
+    with pytest.raises(ValueError, match="temperature must be > 0 and finite"):
+        contrastive_loss(torch.randn(4, 8), torch.randn(4, 8), temperature)
