@@ -35,7 +35,8 @@ def test_toc_lists_only_what_exists_and_every_chapter():
         assert len(matches) == 1, f"_toc.yml lists {name!r}, which must exist as exactly one .md or .ipynb"
     listed = {name for name in files if name.startswith("notebooks/")}
     on_disk = {f"notebooks/{p.stem}" for p in CHAPTERS}
-    assert on_disk == listed, f"chapters missing from _toc.yml: {on_disk - listed}; listed but absent: {listed - on_disk}"
+    assert on_disk == listed, \
+        f"chapters missing from _toc.yml: {on_disk - listed}; listed but absent: {listed - on_disk}"
     assert len(files) == len(set(files)), "a page is listed twice in _toc.yml"
 
 
@@ -68,14 +69,17 @@ def test_chapter_is_clean_executed_and_light(path):
         tags = cell.metadata.get("tags", [])
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert not errors or "raises-exception" in tags, f"{path.name}: code cell {index} stores an error"
-        assert "raises-exception" not in tags or errors, f"{path.name}: code cell {index} is tagged raises-exception but raised nothing"
+        assert "raises-exception" not in tags or errors, \
+            f"{path.name}: code cell {index} is tagged raises-exception but raised nothing"
         text = json.dumps(cell.outputs)
-        assert not re.search(r"/(work|root|home|tmp|Users)/[\w.-]+/", text), f"{path.name}: cell {index} shows a machine path"
+        assert not re.search(r"/(work|root|home|tmp|Users)/[\w.-]+/", text), \
+            f"{path.name}: cell {index} shows a machine path"
         for output in cell.outputs:
             if output.output_type == "stream" and output.name == "stderr":
                 assert "Warning" not in output.text, f"{path.name}: cell {index} stores a warning: {output.text[:200]}"
         if cell.source.lstrip().startswith("# @title Solution"):
-            assert "hide-cell" in tags, f"{path.name}: solution cell {index} must be tagged hide-cell (hides code and answer)"
+            assert "hide-cell" in tags, \
+                f"{path.name}: solution cell {index} must be tagged hide-cell (hides code and answer)"
     uses_widgets = any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for c in code for o in c.outputs)
     if uses_widgets:
         state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
@@ -87,7 +91,8 @@ def test_repository_url_lives_in_one_place():
     mention (README, book pages, package metadata) must agree with it."""
     url = nbtools.repository_url()
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url), url
-    files = [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "environment.yml", *sorted((ROOT / "book").glob("*.md"))]
+    files = [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "environment.yml",
+             *sorted((ROOT / "book").glob("*.md"))]
     for path in files:
         for found in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", path.read_text(encoding="utf-8")):
             if "mmgpt" in found.lower():

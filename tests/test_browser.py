@@ -51,7 +51,8 @@ def chromium() -> str:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.fail(f"Playwright's Python package is missing: `pip install -e '.[test]'` (or `pip install playwright`). "
+        pytest.fail("Playwright's Python package is missing: `pip install -e '.[test]'` "
+                    "(or `pip install playwright`). "
                     f"To skip these tests on purpose, set {SKIP_VAR}=1.", pytrace=False)
     return path
 
@@ -70,7 +71,8 @@ def offline_book(chromium, tmp_path_factory) -> pathlib.Path:
         html = pathlib.Path(os.environ[BUILD_VAR]).resolve()
         assert (html / "index.html").is_file(), f"{BUILD_VAR}={html} holds no built book (no index.html)"
         return html
-    _run([sys.executable, str(ROOT / "tools" / "offline_assets.py"), "fetch"], "fetching the offline assets (needs npm)",
+    _run([sys.executable, str(ROOT / "tools" / "offline_assets.py"), "fetch"],
+         "fetching the offline assets (needs npm)",
          timeout=900)
     out = tmp_path_factory.mktemp("offline-book")
     jupyter_book = pathlib.Path(sys.executable).with_name("jupyter-book")
@@ -90,7 +92,8 @@ def report(offline_book, chromium) -> check_book.BookReport:
 def test_the_build_has_the_toc_pages_and_nothing_else(report):
     built = set(report.pages)
     expected = set(TOC_PAGES) | set(SPHINX_PAGES)
-    assert built == expected, f"built but not in _toc.yml: {sorted(built - expected)}; in _toc.yml but not built: {sorted(expected - built)}"
+    assert built == expected, \
+        f"built but not in _toc.yml: {sorted(built - expected)}; in _toc.yml but not built: {sorted(expected - built)}"
 
 
 @pytest.mark.parametrize("page", TOC_PAGES + SPHINX_PAGES)
@@ -110,7 +113,8 @@ def test_every_chapter_page_was_checked_for_colab_math_and_widgets(report):
             assert facts.get("colab") == "ok", f"{page}: Colab button not checked or wrong ({facts})"
             notebook = ROOT / page.replace(".html", ".ipynb")
             if check_book.saved_widget_views(notebook):
-                assert str(facts.get("widgets", "0")).split(" ")[0] not in ("0", "0/0"), f"{page}: no widget rendered ({facts})"
+                rendered = str(facts.get("widgets", "0")).split(" ")[0]
+                assert rendered not in ("0", "0/0"), f"{page}: no widget rendered ({facts})"
 
 
 # A tiny site with one of each defect, to prove the checks can fail (and a clean page, to prove
@@ -124,14 +128,17 @@ BROKEN_PAGE = """<!doctype html><html><head><title>broken</title>
 <p>An image: <img src="missing.png" alt="gone"> and a good one <img src="dot.png" alt="dot"></p>
 <p>Raw math the reader should not see: $x^2$ and \\(y\\).</p>
 <span class="math notranslate nohighlight">\\(z\\)</span>
-<a href="../sub/clean.html#nowhere">bad anchor</a> <a href="gone.html">gone</a> <a href="../sub/clean.html#here">good</a>
+<a href="../sub/clean.html#nowhere">bad anchor</a> <a href="gone.html">gone</a>
+<a href="../sub/clean.html#here">good</a>
 <a href="https://colab.research.google.com/github/someone/else/blob/main/notebooks/01_demo.ipynb">Colab</a>
-<script type="application/vnd.jupyter.widget-view+json">{"version_major": 2, "version_minor": 0, "model_id": "m"}</script>
+<script type="application/vnd.jupyter.widget-view+json">
+{"version_major": 2, "version_minor": 0, "model_id": "m"}</script>
 <script>throw new Error("boom from the page");</script>
 <script>console.error("logged by the page");</script>
 </body></html>"""
 CLEAN_PAGE = """<!doctype html><html><head><title>clean</title></head><body>
-<h1 id="here">Clean</h1><p>Costs $5, not $ 6. <img src="../dot.png" alt="dot"> <a href="../notebooks/01_demo.html">back</a></p>
+<h1 id="here">Clean</h1><p>Costs $5, not $ 6. <img src="../dot.png" alt="dot">
+<a href="../notebooks/01_demo.html">back</a></p>
 <pre>$not math$ in code</pre></body></html>"""
 
 
@@ -149,7 +156,8 @@ def test_the_checker_finds_each_kind_of_defect(chromium, tmp_path):
     (html / "sub" / "clean.html").write_text(CLEAN_PAGE)
     (html / "dot.png").write_bytes(PNG_1X1)
 
-    result = check_book.check_book(html, root=root, chromium=chromium, pages=["notebooks/01_demo.html", "sub/clean.html"])
+    result = check_book.check_book(html, root=root, chromium=chromium,
+                                   pages=["notebooks/01_demo.html", "sub/clean.html"])
     clean = result.pages["sub/clean.html"]
     assert not clean.problems, clean.problems
     problems = "\n".join(result.pages["notebooks/01_demo.html"].problems)

@@ -64,7 +64,7 @@ INSTALL_HINT = (
     "$CHROMIUM; the Python driver is Playwright (`pip install playwright`, in the test extras; "
     "it needs no browser download)."
 )
-# Resolve no host name but localhost: a page needing the internet visibly fails (as tools/screenshot.py).
+# Resolve no host name but localhost: a page needing the internet visibly fails.
 OFFLINE_RULE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root
@@ -248,13 +248,17 @@ SURVEY_JS = r"""() => {
     const mathErrors = Array.from(document.querySelectorAll('mjx-merror')).map(el =>
         short(el.getAttribute('data-mjx-error') || el.textContent));
     // Raw TeX left in the text a reader sees (code, scripts and typeset math aside).
-    const skip = new Set(['SCRIPT', 'STYLE', 'PRE', 'CODE', 'TEXTAREA', 'KBD', 'SAMP', 'MJX-CONTAINER', 'MJX-ASSISTIVE-MML', 'NOSCRIPT']);
+    const skip = new Set(['SCRIPT', 'STYLE', 'PRE', 'CODE', 'TEXTAREA', 'KBD', 'SAMP',
+                          'MJX-CONTAINER', 'MJX-ASSISTIVE-MML', 'NOSCRIPT']);
     const rawTex = [];
     const tex = /\\\(|\\\[|\$\$|(^|[^\\\w$])\$[^\s$][^$\n]*?[^\s$\\]\$(?![\w$])|(^|[^\\\w$])\$[^\s$]\$(?![\w$])/;
     const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, {
         acceptNode(node) {
             for (let el = node.parentElement; el; el = el.parentElement) {
-                if (skip.has(el.tagName) || el.classList.contains('highlight') || el.classList.contains('output')) return NodeFilter.FILTER_REJECT;
+                const classes = el.classList;
+                if (skip.has(el.tagName) || classes.contains('highlight') || classes.contains('output')) {
+                    return NodeFilter.FILTER_REJECT;
+                }
             }
             return NodeFilter.FILTER_ACCEPT;
         },
@@ -269,18 +273,21 @@ SURVEY_JS = r"""() => {
         return area && area.classList.contains('widget-subarea') && area.querySelector('.jupyter-widgets');
     });
     // html-manager shows a widget it could not build as an error box ("Click to show javascript error").
-    const widgetErrors = Array.from(document.querySelectorAll('.jupyter-widgets-error-widget')).map(el => short(el.textContent));
+    const widgetErrors = Array.from(document.querySelectorAll('.jupyter-widgets-error-widget'))
+        .map(el => short(el.textContent));
     const widgetKinds = new Set();
     document.querySelectorAll('.jupyter-widgets [class*="widget-"], .jupyter-widgets[class*="widget-"]').forEach(el =>
         el.classList.forEach(c => { if (c.startsWith('widget-')) widgetKinds.add(c); }));
     const links = Array.from(document.querySelectorAll('a[href]')).map(a => ({
-        href: a.href, raw: a.getAttribute('href'), text: short(a.textContent || a.title || a.getAttribute('aria-label')),
+        href: a.href, raw: a.getAttribute('href'),
+        text: short(a.textContent || a.title || a.getAttribute('aria-label')),
     }));
     const ids = Array.from(document.querySelectorAll('[id], a[name]')).map(el => el.id || el.getAttribute('name'));
     return {
         title: document.title, images, mathCount: mathElements.length, untypeset, mathErrors, rawTex,
         mjxContainers: document.querySelectorAll('mjx-container').length,
-        widgetViews: views.length, widgetsRendered: rendered.length, widgetErrors, widgetKinds: Array.from(widgetKinds).sort(),
+        widgetViews: views.length, widgetsRendered: rendered.length, widgetErrors,
+        widgetKinds: Array.from(widgetKinds).sort(),
         links, ids,
     };
 }"""
@@ -380,7 +387,8 @@ def check_book(
                 t0 = time.perf_counter()
                 target = redirect_target(html_dir / page_rel)
                 if target is not None:  # a redirect page: check where it points, do not open it
-                    links_seen[page_rel] = [{"href": urljoin(base + page_rel, target), "raw": target, "text": "redirect"}]
+                    href = urljoin(base + page_rel, target)
+                    links_seen[page_rel] = [{"href": href, "raw": target, "text": "redirect"}]
                     result.facts = {"redirects to": target}
                     continue
                 context = browser.new_context(viewport={"width": 1280, "height": 1600}, service_workers="block")
@@ -499,7 +507,8 @@ def _check_survey(result: PageResult, survey: dict, docname: str | None, root: p
     })
 
 
-def _broken_links(links: list[dict], *, base_url: str, html_dir: pathlib.Path, ids_seen: dict[str, frozenset[str]]) -> list[str]:
+def _broken_links(links: list[dict], *, base_url: str, html_dir: pathlib.Path,
+                  ids_seen: dict[str, frozenset[str]]) -> list[str]:
     """The links into the book (same origin) whose file or #anchor does not exist."""
     base = urlsplit(base_url)
     broken = []

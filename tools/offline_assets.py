@@ -128,7 +128,8 @@ def npm_pack(spec: str, dest: pathlib.Path) -> dict:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        raise FetchError(f"`npm pack {spec}` did not finish within 10 minutes; is the npm registry reachable?") from None
+        raise FetchError(f"`npm pack {spec}` did not finish within 10 minutes; "
+                         "is the npm registry reachable?") from None
     if proc.returncode != 0:
         detail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
         raise FetchError(
@@ -228,7 +229,8 @@ def _describe() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", help="download the pinned packages into .book-offline-assets/ (skipped when complete)")
+    p_fetch = sub.add_parser("fetch",
+                             help="download the pinned packages into .book-offline-assets/ (skipped when complete)")
     p_fetch.add_argument("--force", action="store_true", help="download again even if the folder is complete")
     args = parser.parse_args(argv)
     try:

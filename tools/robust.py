@@ -27,7 +27,6 @@ matrix of chapters by settings, "passed/cells", and the slowest cell of the quie
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import pathlib
