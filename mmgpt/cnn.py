@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import Conv2d, _pair
+from ._checks import is_int, one_of, pair, positive_int, tensor
+from .conv import Conv2d
 from .pooling import AvgPool2d, MaxPool2d, pool_output_size
 
 __all__ = ["ReceptiveField", "receptive_field", "ResidualBlock", "SmallCNN"]
@@ -71,22 +72,6 @@ _KEYS = ("kernel_size", "stride", "dilation", "padding")
 def _geometry(layer, where: str) -> List[Tuple[Pair, Pair, Pair, Pair]]:
     """(kernel, stride, dilation, left padding) of ``layer``, as a list of layers."""
     fn = "receptive_field"
-    spec = isinstance(layer, (tuple, list))
-    if spec and not any(isinstance(v, nn.Module) for v in layer):
-        if not 2 <= len(layer) <= 4:
-            raise ValueError(f"{fn}: {where} must be (kernel_size, stride[, dilation[, "
-                             f"padding]]), got {layer!r}")
-        layer = dict(zip(_KEYS, layer))
-    if isinstance(layer, dict):
-        if set(layer) - set(_KEYS) or "kernel_size" not in layer:
-            raise ValueError(f"{fn}: {where} needs kernel_size and may have stride, "
-                             f"dilation, padding; got {layer!r}")
-        kernel = _pair(layer["kernel_size"], "kernel_size", fn, 1)
-        stride = layer.get("stride")
-        stride = kernel if stride is None else _pair(stride, "stride", fn, 1)
-        dilation = _pair(layer.get("dilation", 1), "dilation", fn, 1)
-        padding = _pair(layer.get("padding", 0), "padding", fn, 0)
-        return [(kernel, stride, dilation, padding)]
     if hasattr(layer, "receptive_field_layers"):  # ResidualBlock, SmallCNN
         return [g for i, sub in enumerate(layer.receptive_field_layers())
                 for g in _geometry(sub, f"{where}[{i}]")]
@@ -95,21 +80,27 @@ def _geometry(layer, where: str) -> List[Tuple[Pair, Pair, Pair, Pair]]:
                 for g in _geometry(sub, f"{where}[{i}]")]
     if isinstance(layer, _POINTWISE):
         return []
-    if hasattr(layer, "kernel_size") and hasattr(layer, "stride"):  # conv, pooling
-        size = layer.kernel_size
-        size = tuple(size) if isinstance(size, list) else size
-        kernel = _pair(size, "kernel_size", fn, 1)
-        stride = _pair(layer.stride, "stride", fn, 1)
-        dilation = _pair(getattr(layer, "dilation", 1), "dilation", fn, 1)
-        padding = getattr(layer, "padding", 0)
-        if padding == "same":  # PyTorch puts the odd pixel of the total at the end
-            padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
-        elif padding == "valid":
-            padding = 0
-        return [(kernel, stride, dilation, _pair(padding, "padding", fn, 0))]
-    raise TypeError(f"{fn}: cannot tell the receptive field of {where} = "
-                    f"{type(layer).__name__} (adaptive pooling, for example, sees the "
-                    f"whole input whatever its size)")
+    if isinstance(layer, nn.Module) and hasattr(layer, "kernel_size") and hasattr(layer, "stride"):
+        layer = {key: getattr(layer, key) for key in _KEYS if hasattr(layer, key)}  # conv, pooling
+    elif isinstance(layer, (tuple, list)) and not any(isinstance(v, nn.Module) for v in layer):
+        if not 2 <= len(layer) <= 4:
+            raise ValueError(f"{fn}: {where} must be (kernel_size, stride[, dilation[, "
+                             f"padding]]), got {layer!r}")
+        layer = dict(zip(_KEYS, layer))
+    elif not isinstance(layer, dict):
+        raise TypeError(f"{fn}: cannot tell the receptive field of {where} = "
+                        f"{type(layer).__name__} (adaptive pooling, for example, sees the "
+                        f"whole input whatever its size)")
+    if set(layer) - set(_KEYS) or "kernel_size" not in layer:
+        raise ValueError(f"{fn}: {where} needs kernel_size and may have stride, "
+                         f"dilation, padding; got {layer!r}")
+    kernel = pair(layer["kernel_size"], "kernel_size", fn, 1)
+    stride = kernel if layer.get("stride") is None else pair(layer["stride"], "stride", fn, 1)
+    dilation = pair(layer.get("dilation", 1), "dilation", fn, 1)
+    padding = layer.get("padding", 0)
+    if padding == "same":  # PyTorch puts the odd pixel of the total at the end
+        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+    return [(kernel, stride, dilation, pair(0 if padding == "valid" else padding, "padding", fn))]
 
 
 def receptive_field(layers: Iterable) -> ReceptiveField:
@@ -146,11 +137,6 @@ def receptive_field(layers: Iterable) -> ReceptiveField:
 # The network
 # -------------------------------------------------------------------------------------
 
-def _positive_int(value, name: str, fn: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-
-
 NORMS = ("batch", "group")
 
 
@@ -159,11 +145,8 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     statistics over the batch) or ``"group"`` (``GroupNorm`` with up to 8 groups,
     statistics per sample: the output of one image does not depend on the rest of the
     batch, e.g. when the batch is split over several processes)."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(channels, 8), channels)
-    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+    one_of(kind, "norm", "make_norm", NORMS)
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(math.gcd(channels, 8), channels)
 
 
 class ResidualBlock(nn.Module):
@@ -179,11 +162,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
                  norm: str = "batch"):
         super().__init__()
-        _positive_int(in_channels, "in_channels", "ResidualBlock")
-        _positive_int(out_channels, "out_channels", "ResidualBlock")
-        _positive_int(stride, "stride", "ResidualBlock")
-        if norm not in NORMS:
-            raise ValueError(f"ResidualBlock: norm must be one of {NORMS}, got {norm!r}")
+        fn = "ResidualBlock"
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("stride", stride)):
+            positive_int(value, name, fn)
+        one_of(norm, "norm", fn, NORMS)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride = stride
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
@@ -237,19 +219,13 @@ class SmallCNN(nn.Module):
                  norm: str = "batch"):
         super().__init__()
         fn = "SmallCNN"
-        _positive_int(in_channels, "in_channels", fn)
-        widths = tuple(widths) if isinstance(widths, (list, tuple)) else widths
-        if not (isinstance(widths, tuple) and widths and all(
-                isinstance(w, int) and not isinstance(w, bool) and w > 0
-                for w in widths)):
-            raise ValueError(f"{fn}: widths must be a non-empty sequence of positive "
-                             f"ints, got {widths!r}")
-        _positive_int(blocks_per_stage, "blocks_per_stage", fn)
-        if pool not in ("max", "avg", None):
-            raise ValueError(f"{fn}: pool must be 'max', 'avg' or None, got {pool!r}")
-        if norm not in NORMS:
-            raise ValueError(f"{fn}: norm must be one of {NORMS}, got {norm!r}")
-        self.in_channels, self.widths = in_channels, widths
+        positive_int(in_channels, "in_channels", fn)
+        if not isinstance(widths, (list, tuple)) or not widths or not all(is_int(w) and w > 0 for w in widths):
+            raise ValueError(f"{fn}: widths must be a non-empty sequence of positive ints, got {widths!r}")
+        positive_int(blocks_per_stage, "blocks_per_stage", fn)
+        one_of(pool, "pool", fn, ("max", "avg", None))
+        one_of(norm, "norm", fn, NORMS)
+        self.in_channels, self.widths = in_channels, tuple(widths)
         self.blocks_per_stage, self.pool_kind = blocks_per_stage, pool
         self.stem = nn.Sequential(
             Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
@@ -302,15 +278,10 @@ class SmallCNN(nn.Module):
                              self._spatial(shape[-1]))
 
     def _check_shape(self, shape: Tuple[int, ...]) -> None:
-        fn, c = type(self).__name__, self.in_channels
-        if len(shape) not in (3, 4):
-            raise ValueError(f"{fn}: images must be 4-D (batch, {c}, height, width) or "
-                             f"3-D ({c}, height, width), got shape {shape}")
-        if shape[-3] != c:
-            raise ValueError(f"{fn}: images must have {c} channels (dimension "
-                             f"{len(shape) - 3}), got shape {shape}")
-        if min(shape[-2:]) < 1:
-            raise ValueError(f"{fn}: images must be at least 1 pixel high and wide, "
+        c = self.in_channels
+        if len(shape) not in (3, 4) or shape[-3] != c or min(shape[-2:]) < 1:
+            raise ValueError(f"{type(self).__name__}: images must be 4-D (batch, {c}, height, width) or "
+                             f"3-D ({c}, height, width): {c} channels, at least 1 pixel high and wide; "
                              f"got shape {shape}")
 
     # -- forward -------------------------------------------------------------------
@@ -318,9 +289,7 @@ class SmallCNN(nn.Module):
     def feature_maps(self, x: torch.Tensor) -> dict:
         """Every intermediate map by name: ``stem``, ``pool``, ``stage1``, ... (the last
         one is the output)."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: x must be a tensor, "
-                            f"got {type(x).__name__}")
+        tensor(x, "x", type(self).__name__)
         self._check_shape(tuple(x.shape))
         unbatched = x.dim() == 3
         if unbatched:

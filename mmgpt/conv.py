@@ -13,32 +13,17 @@ not flipped. A learned kernel does not care which convention is used.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import IMAGES, describe, integer, is_int, one_of, pair, positive_int, tensor
+
 __all__ = ["conv_output_size", "im2col", "conv2d", "Conv2d"]
 
 IntPair = Union[int, Tuple[int, int]]
-
-
-def _pair(value, name: str, fn: str, minimum: int) -> Tuple[int, int]:
-    """Turn ``3`` or ``(3, 2)`` into a pair of ints, each at least ``minimum``, or raise."""
-    if isinstance(value, bool):
-        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
-    elif isinstance(value, Sequence) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        pair = (value[0], value[1])
-    else:
-        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value!r}")
-    return pair
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
@@ -49,12 +34,20 @@ def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int 
     decides whether an empty output is an error).
     """
     for name, value, minimum in (("size", size, 0), ("kernel_size", kernel_size, 1), ("stride", stride, 1),
-                                 ("padding", padding, 0), ("dilation", dilation, 1)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"conv_output_size: {name} must be an int, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"conv_output_size: {name} must be >= {minimum}, got {value}")
+                                 ("padding", padding, 0), ("dilation", dilation, 1)):  # not an int: TypeError
+        integer(value, name, "conv_output_size", minimum, error=ValueError if is_int(value) else TypeError)
     return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+def _check_padding(padding, stride: Tuple[int, int], fn: str) -> Union[str, Tuple[int, int]]:
+    """``padding`` as ``"same"``, ``"valid"`` or an ``(h, w)`` pair; ``"same"`` needs stride 1."""
+    if not isinstance(padding, str):
+        return pair(padding, "padding", fn)
+    if padding not in ("same", "valid"):
+        raise ValueError(f"{fn}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    if padding == "same" and stride != (1, 1):
+        raise ValueError(f"{fn}: padding='same' needs stride 1 (the output cannot keep the size), got stride={stride}")
+    return padding
 
 
 def _same_padding(kernel: Tuple[int, int], dilation: Tuple[int, int]) -> Tuple[int, int, int, int]:
@@ -79,24 +72,19 @@ def im2col(x: torch.Tensor, kernel_size: IntPair, dilation: IntPair = 1, padding
     Built from strided views (``Tensor.unfold``), so no Python loop touches the pixels.
     """
     fn = "im2col"
+    tensor(x, "x", fn, (3, 4), IMAGES)
+    (kh, kw), (dh, dw) = pair(kernel_size, "kernel_size", fn, 1), pair(dilation, "dilation", fn, 1)
+    (ph, pw), (sh, sw) = pair(padding, "padding", fn), pair(stride, "stride", fn, 1)
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # the rows and columns one window covers
+    if x.shape[-2] + 2 * ph < span_h or x.shape[-1] + 2 * pw < span_w:
+        raise ValueError(f"{fn}: the (padded) input ({x.shape[-2] + 2 * ph}, {x.shape[-1] + 2 * pw}) is smaller "
+                         f"than the kernel's span ({span_h}, {span_w}) = dilation*(kernel_size-1)+1")
     if x.dim() == 3:
         return im2col(x.unsqueeze(0), kernel_size, dilation, padding, stride).squeeze(0)
-    if x.dim() != 4:
-        raise ValueError(f"{fn}: x must be 4-D (batch, channels, height, width) or 3-D (channels, height, width), "
-                         f"got shape {tuple(x.shape)}")
-    kh, kw = _pair(kernel_size, "kernel_size", fn, 1)
-    dh, dw = _pair(dilation, "dilation", fn, 1)
-    ph, pw = _pair(padding, "padding", fn, 0)
-    sh, sw = _pair(stride, "stride", fn, 1)
+
     B, C = x.shape[:2]
     if ph or pw:
         x = F.pad(x, (pw, pw, ph, ph))
-    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    if x.shape[2] < span_h or x.shape[3] < span_w:
-        raise ValueError(
-            f"{fn}: the (padded) input {tuple(x.shape[2:])} is smaller than the kernel's span "
-            f"({span_h}, {span_w}) = dilation*(kernel_size-1)+1, so there is no window to take"
-        )
     # (B, C, H_out, W_out, span_h, span_w): each window as a view, then keep every dilation-th tap.
     windows = x.unfold(2, span_h, sh).unfold(3, span_w, sw)[..., ::dh, ::dw]
     h_out, w_out = windows.shape[2], windows.shape[3]
@@ -122,67 +110,37 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         ``H_out = conv_output_size(H, kh, stride, padding, dilation)``.
     """
     fn = "conv2d"
-    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{fn}: x and weight must be tensors, got {type(x).__name__} and {type(weight).__name__}")
+    tensor(x, "x", fn, (3, 4), IMAGES)
+    tensor(weight, "weight", fn, (4,), "4-D (out_channels, in_channels/groups, kernel_h, kernel_w)")
+    groups = positive_int(groups, "groups", fn)
+    (sh, sw), (dh, dw) = pair(stride, "stride", fn, 1), pair(dilation, "dilation", fn, 1)
+    padding = _check_padding(padding, (sh, sw), fn)
+    c_out, c_in_per_group, kh, kw = weight.shape
+    c_in = x.shape[-3]
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"{fn}: groups={groups} must divide the input's {c_in} channels and weight's {c_out} "
+                         f"output channels (weight.shape[0])")
+    if c_in != c_in_per_group * groups:
+        raise ValueError(f"{fn}: x has {c_in} channels but weight expects weight.shape[1] * groups = "
+                         f"{c_in_per_group} * {groups} = {c_in_per_group * groups}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (c_out,)):
+        raise ValueError(f"{fn}: bias must have shape ({c_out},), one value per output channel, got {describe(bias)}")
+    if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(f"{fn}: x, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}"
+                        + ("" if bias is None else f", {bias.dtype}"))
     unbatched = x.dim() == 3
-    if x.dim() not in (3, 4):
-        raise ValueError(
-            f"{fn}: x must be 4-D (batch, channels, height, width) or 3-D (channels, height, width), "
-            f"got shape {tuple(x.shape)}"
-        )
     if unbatched:
         x = x.unsqueeze(0)
-    if weight.dim() != 4:
-        raise ValueError(
-            f"{fn}: weight must be 4-D (out_channels, in_channels/groups, kernel_h, kernel_w), "
-            f"got shape {tuple(weight.shape)}"
-        )
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{fn}: groups must be a positive int, got {groups!r}")
-    c_out, c_in_per_group, kh, kw = weight.shape
-    c_in = x.shape[1]
-    if c_in % groups:
-        raise ValueError(f"{fn}: groups={groups} must divide the input's {c_in} channels")
-    if c_out % groups:
-        raise ValueError(f"{fn}: groups={groups} must divide weight's {c_out} output channels (weight.shape[0])")
-    if c_in != c_in_per_group * groups:
-        raise ValueError(
-            f"{fn}: x has {c_in} channels but weight expects weight.shape[1] * groups = "
-            f"{c_in_per_group} * {groups} = {c_in_per_group * groups}"
-        )
-    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (c_out,)):
-        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-        raise ValueError(f"{fn}: bias must have shape ({c_out},), one value per output channel, got {got}")
-    if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
-        raise TypeError(
-            f"{fn}: x, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}"
-            + (f", {bias.dtype}" if bias is not None else "")
-        )
-    sh, sw = _pair(stride, "stride", fn, 1)
-    dh, dw = _pair(dilation, "dilation", fn, 1)
 
-    if isinstance(padding, str):
-        if padding == "valid":
-            ph = pw = 0
-        elif padding == "same":
-            if (sh, sw) != (1, 1):
-                raise ValueError(f"{fn}: padding='same' needs stride 1 (the output cannot keep the size), "
-                                 f"got stride={stride!r}")
-            x = F.pad(x, _same_padding((kh, kw), (dh, dw)))
-            ph = pw = 0
-        else:
-            raise ValueError(f"{fn}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
-    else:
-        ph, pw = _pair(padding, "padding", fn, 0)
-
+    if padding == "same":  # pad here, as PyTorch does (an even kernel puts the extra pixel at the end)
+        x = F.pad(x, _same_padding((kh, kw), (dh, dw)))
+    ph, pw = (0, 0) if isinstance(padding, str) else padding
     B, _, H, W = x.shape
-    h_out = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    w_out = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    h_out = conv_output_size(H, kh, sh, ph, dh)
+    w_out = conv_output_size(W, kw, sw, pw, dw)
     if h_out < 1 or w_out < 1:
-        raise ValueError(
-            f"{fn}: the output would be empty ({h_out} x {w_out}): input {H}x{W} with padding ({ph}, {pw}) is "
-            f"smaller than the kernel's span ({dh * (kh - 1) + 1}, {dw * (kw - 1) + 1}) = dilation*(kernel_size-1)+1"
-        )
+        raise ValueError(f"{fn}: the output would be empty ({h_out} x {w_out}): input {H}x{W} with padding "
+                         f"({ph}, {pw}) is smaller than the kernel's span ({dh * (kh - 1) + 1}, {dw * (kw - 1) + 1})")
 
     cols = im2col(x, (kh, kw), (dh, dw), (ph, pw), (sh, sw))          # (B, C_in*kh*kw, L)
     cols = cols.view(B, groups, c_in_per_group * kh * kw, h_out * w_out)  # split the channels by group
@@ -207,28 +165,15 @@ class Conv2d(nn.Module):
         super().__init__()
         fn = "Conv2d"
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-        if in_channels % groups:
-            raise ValueError(f"{fn}: groups={groups} must divide in_channels={in_channels}")
-        if out_channels % groups:
-            raise ValueError(f"{fn}: groups={groups} must divide out_channels={out_channels}")
-        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
-            raise ValueError(f"{fn}: padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', "
-                             f"got {padding_mode!r}")
+            positive_int(value, name, fn)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{fn}: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _pair(kernel_size, "kernel_size", fn, 1)
-        self.stride = _pair(stride, "stride", fn, 1)
-        self.dilation = _pair(dilation, "dilation", fn, 1)
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"{fn}: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError(f"{fn}: padding='same' needs stride 1, got stride={stride!r}")
-            self.padding = padding
-        else:
-            self.padding = _pair(padding, "padding", fn, 0)
-        self.padding_mode = padding_mode
+        self.kernel_size = pair(kernel_size, "kernel_size", fn, 1)
+        self.stride, self.dilation = pair(stride, "stride", fn, 1), pair(dilation, "dilation", fn, 1)
+        self.padding = _check_padding(padding, self.stride, fn)
+        self.padding_mode = one_of(padding_mode, "padding_mode", fn, ("zeros", "reflect", "replicate", "circular"))
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None

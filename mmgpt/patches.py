@@ -25,7 +25,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .conv import _pair
+from ._checks import IMAGES, number, pair, positive_int, tensor
 
 __all__ = [
     "feature_map_to_sequence",
@@ -40,20 +40,6 @@ __all__ = [
 ]
 
 IntPair = Union[int, Tuple[int, int]]
-IMAGES = "4-D (batch, channels, height, width) or 3-D (channels, height, width)"
-
-
-def _check_tensor(x, name: str, fn: str, ranks: Tuple[int, ...], layout: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a tensor, got {type(x).__name__}")
-    if x.dim() not in ranks:
-        raise ValueError(f"{fn}: {name} must be {layout}, got shape {tuple(x.shape)}")
-
-
-def _positive_int(value, name: str, fn: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-    return value
 
 
 # --------------------------------------------------------------------------------------
@@ -67,7 +53,7 @@ def feature_map_to_sequence(x: torch.Tensor) -> torch.Tensor:
     ``(H*W, C)``). Position ``(i, j)`` becomes token ``i*W + j``: row by row, left to
     right, the order in which we read text. No number is changed, only rearranged.
     """
-    _check_tensor(x, "x", "feature_map_to_sequence", (3, 4), IMAGES)
+    tensor(x, "x", "feature_map_to_sequence", (3, 4), IMAGES)
     # (..., C, H, W) -> (..., C, H*W) -> (..., H*W, C): two views, nothing is copied
     return x.flatten(-2).transpose(-1, -2)
 
@@ -78,13 +64,10 @@ def sequence_to_feature_map(seq: torch.Tensor, height: int, width: int) -> torch
     Unbatched ``(height*width, C)`` gives ``(C, height, width)``.
     """
     fn = "sequence_to_feature_map"
-    _check_tensor(seq, "seq", fn, (2, 3),
-                  "3-D (batch, positions, channels) or 2-D (positions, channels)")
-    height = _positive_int(height, "height", fn)
-    width = _positive_int(width, "width", fn)
-    n = seq.shape[-2]
-    if n != height * width:
-        raise ValueError(f"{fn}: seq has {n} positions (seq.shape[-2]) but "
+    tensor(seq, "seq", fn, (2, 3), "3-D (batch, positions, channels) or 2-D (positions, channels)")
+    height, width = positive_int(height, "height", fn), positive_int(width, "width", fn)
+    if seq.shape[-2] != height * width:
+        raise ValueError(f"{fn}: seq has {seq.shape[-2]} positions (seq.shape[-2]) but "
                          f"height*width = {height}*{width} = {height * width}")
     # (..., H*W, C) -> (..., C, H*W) -> (..., C, H, W)
     return seq.transpose(-1, -2).unflatten(-1, (height, width))
@@ -111,9 +94,8 @@ def grid_size(height: int, width: int, patch_size: IntPair) -> Tuple[int, int]:
 
 
 def _grid_size(height, width, patch_size, fn: str, subject: str) -> Tuple[int, int]:
-    height = _positive_int(height, "height", fn)
-    width = _positive_int(width, "width", fn)
-    ph, pw = _pair(patch_size, "patch_size", fn, 1)
+    height, width = positive_int(height, "height", fn), positive_int(width, "width", fn)
+    ph, pw = pair(patch_size, "patch_size", fn, 1)
     bad = [
         f"{side} {size} is not a multiple of patch_size {p} "
         f"(nearest valid {side}: {_nearest_multiples(size, p)})"
@@ -138,12 +120,12 @@ def patchify(images: torch.Tensor, patch_size: IntPair) -> torch.Tensor:
     stride-``p`` convolution. Equals ``F.unfold(images, p, stride=p).transpose(1, 2)``.
     """
     fn = "patchify"
-    _check_tensor(images, "images", fn, (3, 4), IMAGES)
+    tensor(images, "images", fn, (3, 4), IMAGES)
+    ph, pw = pair(patch_size, "patch_size", fn, 1)
+    gh, gw = _grid_size(*images.shape[-2:], (ph, pw), fn, "images of")
     if images.dim() == 3:
         return patchify(images.unsqueeze(0), patch_size).squeeze(0)
-    ph, pw = _pair(patch_size, "patch_size", fn, 1)
     B, C, H, W = images.shape
-    gh, gw = _grid_size(H, W, (ph, pw), fn, "images of")
     # Split each axis into (which patch, where in the patch): (B, C, gh, ph, gw, pw) ...
     x = images.reshape(B, C, gh, ph, gw, pw)
     # ... which-patch axes first, the patch's own axes last: (B, gh, gw, C, ph, pw) ...
@@ -160,29 +142,25 @@ def unpatchify(patches: torch.Tensor, patch_size: IntPair, height: int, width: i
     given). Unbatched ``(N, C*ph*pw)`` gives ``(C, height, width)``.
     """
     fn = "unpatchify"
-    _check_tensor(patches, "patches", fn, (2, 3),
-                  "3-D (batch, num_patches, channels*ph*pw) or 2-D")
-    if patches.dim() == 2:
-        batched = patches.unsqueeze(0)
-        return unpatchify(batched, patch_size, height, width, channels).squeeze(0)
-    ph, pw = _pair(patch_size, "patch_size", fn, 1)
+    tensor(patches, "patches", fn, (2, 3), "3-D (batch, num_patches, channels*ph*pw) or 2-D")
+    ph, pw = pair(patch_size, "patch_size", fn, 1)
     gh, gw = _grid_size(height, width, (ph, pw), fn, "an image of")
-    B, N, D = patches.shape
+    N, D = patches.shape[-2:]
     if N != gh * gw:
-        raise ValueError(f"{fn}: patches has {N} patches (patches.shape[1]) but a "
+        raise ValueError(f"{fn}: patches has {N} patches (patches.shape[-2]) but a "
                          f"{height}x{width} image cut into {ph}x{pw} patches has "
                          f"{gh}*{gw} = {gh * gw}")
-    if channels is None:
-        if D % (ph * pw):
-            raise ValueError(f"{fn}: patches has length {D} (patches.shape[-1]), not a "
-                             f"multiple of patch_size {ph}x{pw} = {ph * pw}, so it "
-                             f"cannot hold whole channels")
-        channels = D // (ph * pw)
-    channels = _positive_int(channels, "channels", fn)
+    if channels is None and D % (ph * pw):
+        raise ValueError(f"{fn}: patches has length {D} (patches.shape[-1]), not a multiple of "
+                         f"patch_size {ph}x{pw} = {ph * pw}, so it cannot hold whole channels")
+    channels = positive_int(D // (ph * pw) if channels is None else channels, "channels", fn)
     if D != channels * ph * pw:
         raise ValueError(f"{fn}: patches has length {D} (patches.shape[-1]) but "
-                         f"channels*ph*pw = {channels}*{ph}*{pw} = "
-                         f"{channels * ph * pw}")
+                         f"channels*ph*pw = {channels}*{ph}*{pw} = {channels * ph * pw}")
+    if patches.dim() == 2:
+        return unpatchify(patches.unsqueeze(0), patch_size, height, width, channels).squeeze(0)
+
+    B = patches.shape[0]
     x = patches.reshape(B, gh, gw, channels, ph, pw)
     x = x.permute(0, 3, 1, 4, 2, 5)  # (B, C, gh, ph, gw, pw)
     return x.reshape(B, channels, height, width)
@@ -218,13 +196,13 @@ class PatchEmbed(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         fn = "PatchEmbed"
-        self.patch_size = _pair(patch_size, "patch_size", fn, 1)
-        self.in_channels = _positive_int(in_channels, "in_channels", fn)
-        self.embed_dim = _positive_int(embed_dim, "embed_dim", fn)
+        self.patch_size = pair(patch_size, "patch_size", fn, 1)
+        self.in_channels = positive_int(in_channels, "in_channels", fn)
+        self.embed_dim = positive_int(embed_dim, "embed_dim", fn)
         if img_size is None:
             self.img_size = self.grid_size = self.num_patches = None
         else:
-            self.img_size = _pair(img_size, "img_size", fn, 1)
+            self.img_size = pair(img_size, "img_size", fn, 1)
             self.grid_size = _grid_size(*self.img_size, self.patch_size, fn, "img_size")
             self.num_patches = self.grid_size[0] * self.grid_size[1]
         ph, pw = self.patch_size
@@ -233,14 +211,12 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         fn = "PatchEmbed"
-        _check_tensor(images, "images", fn, (3, 4), IMAGES)
-        c = images.shape[-3]
-        if c != self.in_channels:
-            raise ValueError(f"{fn}: images have {c} channels (images.shape[-3]) but "
+        tensor(images, "images", fn, (3, 4), IMAGES)
+        if images.shape[-3] != self.in_channels:
+            raise ValueError(f"{fn}: images have {images.shape[-3]} channels (images.shape[-3]) but "
                              f"in_channels={self.in_channels}")
-        size = tuple(images.shape[-2:])
-        if self.img_size is not None and size != self.img_size:
-            raise ValueError(f"{fn}: images are {size} but the layer was built for "
+        if self.img_size is not None and tuple(images.shape[-2:]) != self.img_size:
+            raise ValueError(f"{fn}: images are {tuple(images.shape[-2:])} but the layer was built for "
                              f"img_size={self.img_size} (build it with img_size=None "
                              f"to accept any size divisible by the patch size)")
         return self.proj(patchify(images, self.patch_size))  # (B, N, embed_dim)
@@ -265,18 +241,11 @@ class PatchEmbed(nn.Module):
                 isinstance(conv.weight, torch.Tensor) and conv.weight.dim() == 4):
             raise TypeError(f"{fn}: conv must be an nn.Conv2d or mmgpt.conv.Conv2d, "
                             f"got {type(conv).__name__}")
-        kernel, stride = tuple(conv.kernel_size), tuple(conv.stride)
-        if kernel != stride:
-            raise ValueError(f"{fn}: conv's kernel_size {kernel} must equal its stride "
-                             f"{stride} (non-overlapping patches)")
-        if conv.padding not in ((0, 0), "valid"):
-            raise ValueError(f"{fn}: conv must not pad (padding=0 or 'valid'), "
-                             f"got padding={conv.padding!r}")
-        if tuple(conv.dilation) != (1, 1):
-            raise ValueError(f"{fn}: conv must have dilation 1, "
-                             f"got dilation={tuple(conv.dilation)}")
-        if conv.groups != 1:
-            raise ValueError(f"{fn}: conv must have groups=1, got groups={conv.groups}")
+        kernel, stride, dilation = tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.dilation)
+        if kernel != stride or conv.padding not in ((0, 0), "valid") or dilation != (1, 1) or conv.groups != 1:
+            raise ValueError(f"{fn}: conv must look at non-overlapping patches: kernel_size = stride, "
+                             f"padding 0, dilation 1, groups 1; got kernel_size={kernel}, stride={stride}, "
+                             f"padding={conv.padding!r}, dilation={dilation}, groups={conv.groups}")
         out_channels, in_channels = conv.weight.shape[:2]
         layer = cls(img_size, kernel, in_channels, out_channels,
                     bias=conv.bias is not None, device=conv.weight.device,
@@ -328,8 +297,8 @@ class LearnedPositionEmbedding(nn.Module):
     def __init__(self, num_positions: int, dim: int, device=None, dtype=None):
         super().__init__()
         fn = "LearnedPositionEmbedding"
-        self.num_positions = _positive_int(num_positions, "num_positions", fn)
-        self.dim = _positive_int(dim, "dim", fn)
+        self.num_positions = positive_int(num_positions, "num_positions", fn)
+        self.dim = positive_int(dim, "dim", fn)
         self.weight = nn.Parameter(torch.empty(num_positions, dim, device=device,
                                                dtype=dtype))
         self.reset_parameters()
@@ -339,30 +308,24 @@ class LearnedPositionEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fn = "LearnedPositionEmbedding"
-        _check_tensor(x, "x", fn, (2, 3),
-                      "3-D (batch, positions, dim) or 2-D (positions, dim)")
+        tensor(x, "x", fn, (2, 3), "3-D (batch, positions, dim) or 2-D (positions, dim)")
         n, d = x.shape[-2:]
-        if d != self.dim:
-            raise ValueError(f"{fn}: x has dim {d} (x.shape[-1]) but the embedding has "
-                             f"dim={self.dim}")
-        if n > self.num_positions:
-            raise ValueError(f"{fn}: x has {n} positions (x.shape[-2]) but the "
-                             f"embedding only has num_positions={self.num_positions}")
+        if n > self.num_positions or d != self.dim:
+            raise ValueError(f"{fn}: x has {n} positions and dim {d} (x.shape[-2:]) but the embedding "
+                             f"has num_positions={self.num_positions} and dim={self.dim}")
         return x + self.weight[:n]  # position n gets row n, the same in every batch
 
     def extra_repr(self) -> str:
         return f"num_positions={self.num_positions}, dim={self.dim}"
 
 
-def _check_sincos(dim: int, divisor: int, base, fn: str) -> None:
-    _positive_int(dim, "dim", fn)
-    if dim % divisor:
+def _check_sincos(dim: int, divisor: int, base, fn: str) -> float:
+    """``dim`` a positive multiple of ``divisor``, ``base`` a number > 1 (returned as a float)."""
+    if positive_int(dim, "dim", fn) % divisor:
         why = ("one sin and one cos per frequency" if divisor == 2 else
                "half for rows, half for columns, each a sin and a cos per frequency")
-        raise ValueError(f"{fn}: dim must be divisible by {divisor} ({why}), "
-                         f"got dim={dim}")
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-        raise ValueError(f"{fn}: base must be a number > 1, got {base!r}")
+        raise ValueError(f"{fn}: dim must be divisible by {divisor} ({why}), got dim={dim}")
+    return number(base, "base", fn, low=1, low_open=True)
 
 
 def _sincos(positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
@@ -384,9 +347,8 @@ def sincos_position_embedding_1d(n: int, dim: int, base: float = 10000.0,
     Computed in float64, returned as ``dtype``.
     """
     fn = "sincos_position_embedding_1d"
-    _positive_int(n, "n", fn)
-    _check_sincos(dim, 2, base, fn)
-    return _sincos(torch.arange(n), dim, float(base)).to(dtype)
+    n, base = positive_int(n, "n", fn), _check_sincos(dim, 2, base, fn)
+    return _sincos(torch.arange(n), dim, base).to(dtype)
 
 
 def sincos_position_embedding_2d(height: int, width: int, dim: int,
@@ -402,11 +364,10 @@ def sincos_position_embedding_2d(height: int, width: int, dim: int,
     no dot product.)
     """
     fn = "sincos_position_embedding_2d"
-    height = _positive_int(height, "height", fn)
-    width = _positive_int(width, "width", fn)
-    _check_sincos(dim, 4, base, fn)
+    height, width = positive_int(height, "height", fn), positive_int(width, "width", fn)
+    base = _check_sincos(dim, 4, base, fn)
     rows = torch.arange(height).repeat_interleave(width)  # 0,0,...,0,1,1,...: row i
     cols = torch.arange(width).repeat(height)  # 0,1,...,W-1,0,1,...: column j
-    half, base = dim // 2, float(base)
+    half = dim // 2
     embedding = torch.cat([_sincos(rows, half, base), _sincos(cols, half, base)], dim=1)
     return embedding.to(dtype)

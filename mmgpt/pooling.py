@@ -18,13 +18,13 @@ division.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import _pair
+from ._checks import IMAGES, integer, is_int, pair, tensor
 
 __all__ = [
     "pool_output_size",
@@ -55,12 +55,9 @@ def pool_output_size(size: int, kernel_size: int, stride: Optional[int] = None,
     stride = kernel_size if stride is None else stride
     for name, value, minimum in (("size", size, 0), ("kernel_size", kernel_size, 1),
                                  ("stride", stride, 1), ("padding", padding, 0),
-                                 ("dilation", dilation, 1)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"pool_output_size: {name} must be an int, got {value!r}")
-        if value < minimum:
-            raise ValueError(
-                f"pool_output_size: {name} must be >= {minimum}, got {value}")
+                                 ("dilation", dilation, 1)):  # not an int: TypeError
+        integer(value, name, "pool_output_size", minimum,
+                error=ValueError if is_int(value) else TypeError)
     # the room left for the windows' starts once the first window is placed
     room = size + 2 * padding - dilation * (kernel_size - 1) - 1
     if not ceil_mode:
@@ -71,38 +68,29 @@ def pool_output_size(size: int, kernel_size: int, stride: Optional[int] = None,
     return out
 
 
-def _check_input(x, fn: str) -> Tuple[torch.Tensor, bool]:
-    """``x`` as 4-D and whether it came unbatched (3-D), or raise naming ``x``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: x must be a tensor, got {type(x).__name__}")
-    if x.dim() not in (3, 4):
-        raise ValueError(f"{fn}: x must be 4-D (batch, channels, height, width) or 3-D "
-                         f"(channels, height, width), got shape {tuple(x.shape)}")
+def _check_input(x, fn: str) -> None:
+    """``x`` must be images of real numbers, ``(B, C, H, W)`` or ``(C, H, W)``, with C, H, W > 0."""
+    tensor(x, "x", fn, (3, 4), IMAGES)
     if 0 in x.shape[-3:]:
         raise ValueError(f"{fn}: x must have non-zero channels, height and width (only "
                          f"the batch may be empty), got shape {tuple(x.shape)}")
-    return (x.unsqueeze(0), True) if x.dim() == 3 else (x, False)
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{fn}: x must hold real numbers, got dtype {x.dtype}")
 
 
-def _pool_args(fn: str, kernel_size, stride, padding, dilation=1):
+def _pool_args(fn: str, kernel_size, stride, padding, dilation=1, divisor_override=None):
     """Check and expand the window arguments; ``stride=None`` means ``kernel_size``."""
-    kernel = _pair(kernel_size, "kernel_size", fn, 1)
-    stride = kernel if stride is None else _pair(stride, "stride", fn, 1)
-    padding = _pair(padding, "padding", fn, 0)
-    dilation = _pair(dilation, "dilation", fn, 1)
+    kernel = pair(kernel_size, "kernel_size", fn, 1)
+    stride = kernel if stride is None else pair(stride, "stride", fn, 1)
+    padding, dilation = pair(padding, "padding", fn), pair(dilation, "dilation", fn, 1)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{fn}: padding must be at most half of kernel_size "
                          f"(padding <= kernel_size // 2), got padding={padding} for "
                          f"kernel_size={kernel}")
-    return kernel, stride, padding, dilation
-
-
-def _check_divisor(divisor_override, fn: str) -> None:
-    if divisor_override is not None and (
-            not isinstance(divisor_override, int) or isinstance(divisor_override, bool)
-            or divisor_override == 0):
+    if divisor_override is not None and (not is_int(divisor_override) or divisor_override == 0):
         raise ValueError(f"{fn}: divisor_override must be a non-zero int or None, "
                          f"got {divisor_override!r}")
+    return kernel, stride, padding, dilation
 
 
 def _windows(x: torch.Tensor, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair,
@@ -140,21 +128,20 @@ def _pytorch_argmax(flat: torch.Tensor, lowest: float, kernel: Pair, stride: Pai
     reports the first tap that lies inside the input, never the padding.
     """
     index = flat.argmax(-1)  # the first maximum; NaN counts as larger than everything
-    if flat.is_floating_point() and torch.isnan(flat).any():
+    if flat.is_floating_point():  # the last NaN, in windows that have one
         nan = torch.isnan(flat)
         last_nan = flat.shape[-1] - 1 - nan.flip(-1).to(torch.uint8).argmax(-1)
         index = torch.where(nan.any(-1), last_nan, index)
     best = flat.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-    if (best == lowest).any():  # windows holding only padding or -inf
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-        h_out, w_out = flat.shape[-3:-1]
-        # the first tap at or after the input's first row (column):
-        # ceil((padding - window start) / dilation), at least 0
-        a = (ph - torch.arange(h_out, device=flat.device) * sh).clamp(min=0)
-        b = (pw - torch.arange(w_out, device=flat.device) * sw).clamp(min=0)
-        first = (-(-a // dh))[:, None] * kw + (-(-b // dw))[None, :]  # (H_out, W_out)
-        index = torch.where(best == lowest, first.expand_as(index), index)
-    return index
+    # Windows holding only padding or -inf point at their first tap inside the input, at or
+    # after its first row (column): ceil((padding - window start) / dilation), at least 0.
+    # Computed for every window and used where needed: no `if` on the data, no device sync.
+    (_, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    h_out, w_out = flat.shape[-3:-1]
+    a = (ph - torch.arange(h_out, device=flat.device) * sh).clamp(min=0)
+    b = (pw - torch.arange(w_out, device=flat.device) * sw).clamp(min=0)
+    first = (-(-a // dh))[:, None] * kw + (-(-b // dw))[None, :]  # (H_out, W_out)
+    return torch.where(best == lowest, first, index)
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPair] = None,
@@ -177,11 +164,11 @@ def max_pool2d(x: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPair] 
     A dilated window that sees only padding gives -inf, as in PyTorch.
     """
     fn = "max_pool2d"
-    x, unbatched = _check_input(x, fn)
+    _check_input(x, fn)
     kernel, stride, padding, dilation = _pool_args(fn, kernel_size, stride, padding,
                                                    dilation)
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{fn}: x must hold real numbers, got dtype {x.dtype}")
+    unbatched = x.dim() == 3
+    x = x.unsqueeze(0) if unbatched else x
     lowest = -float("inf") if x.is_floating_point() else torch.iinfo(x.dtype).min
     windows = _windows(x, kernel, stride, padding, dilation, ceil_mode, lowest, fn)
     B, C, h_out, w_out, kh, kw = windows.shape
@@ -233,15 +220,15 @@ def avg_pool2d(x: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPair] 
     does.
     """
     fn = "avg_pool2d"
-    x, unbatched = _check_input(x, fn)
-    kernel, stride, padding, _ = _pool_args(fn, kernel_size, stride, padding)
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{fn}: x must hold real numbers, got dtype {x.dtype}")
-    _check_divisor(divisor_override, fn)
+    _check_input(x, fn)
+    kernel, stride, padding, _ = _pool_args(fn, kernel_size, stride, padding,
+                                            divisor_override=divisor_override)
+    unbatched = x.dim() == 3
+    x = x.unsqueeze(0) if unbatched else x
     windows = _windows(x, kernel, stride, padding, (1, 1), ceil_mode, 0, fn)
     total = windows.sum(dim=(-2, -1))  # (B, C, H_out, W_out); zero padding adds nothing
     if divisor_override is not None:
-        divisor = torch.tensor(divisor_override, device=x.device)
+        divisor = torch.full((), divisor_override, device=x.device)  # made there: no copy, no sync
     else:
         h_out, w_out = total.shape[-2:]
         rows = _window_counts(x.shape[-2], h_out, kernel[0], stride[0], padding[0],
@@ -250,7 +237,7 @@ def avg_pool2d(x: torch.Tensor, kernel_size: IntPair, stride: Optional[IntPair] 
                               count_include_pad, x.device)
         divisor = rows[:, None] * cols[None, :]  # (H_out, W_out)
     if x.is_floating_point():
-        out = total / divisor.to(x.dtype)
+        out = total / divisor
     else:
         out = torch.div(total, divisor, rounding_mode="trunc").to(x.dtype)
     return out.squeeze(0) if unbatched else out
@@ -272,22 +259,11 @@ def adaptive_pool_matrix(in_size: int, out_size: int, dtype=None,
     return inside.to(dtype or torch.get_default_dtype()) / (end - start)[:, None]
 
 
-def _output_size(output_size, fn: str) -> Tuple[Optional[int], Optional[int]]:
-    """``7`` -> (7, 7); ``(None, 3)`` stays; anything else raises naming output_size."""
-    def ok(v):
-        return v is None or (isinstance(v, int) and not isinstance(v, bool))
-
-    if ok(output_size) and output_size is not None:
-        pair = (output_size, output_size)
-    elif (isinstance(output_size, Sequence) and not isinstance(output_size, str)
-          and len(output_size) == 2 and all(ok(v) for v in output_size)):
-        pair = (output_size[0], output_size[1])
-    else:
-        raise TypeError(f"{fn}: output_size must be an int or a pair of ints (None "
-                        f"keeps a size), got {output_size!r}")
-    if any(v is not None and v < 0 for v in pair):
-        raise ValueError(f"{fn}: output_size must be >= 0, got {output_size!r}")
-    return pair
+def _check_output_size(output_size, fn: str) -> Tuple[Optional[int], Optional[int]]:
+    """``7`` -> (7, 7); in a pair, ``None`` keeps that size: ``(None, 3)`` stays."""
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and None in output_size:
+        return tuple(v if v is None else integer(v, "output_size", fn, 0) for v in output_size)
+    return pair(output_size, "output_size", fn)
 
 
 def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
@@ -299,15 +275,13 @@ def adaptive_avg_pool2d(x: torch.Tensor, output_size) -> torch.Tensor:
     products: ``rows @ x @ cols.T``.
     """
     fn = "adaptive_avg_pool2d"
-    x, unbatched = _check_input(x, fn)
-    out_h, out_w = _output_size(output_size, fn)
-    if not x.is_floating_point():
-        raise TypeError(f"{fn}: x must be a floating-point tensor, got dtype {x.dtype}")
+    _check_input(x, fn)
+    tensor(x, "x", fn, floating=True)
+    out_h, out_w = _check_output_size(output_size, fn)
     H, W = x.shape[-2:]
     rows = adaptive_pool_matrix(H, H if out_h is None else out_h, x.dtype, x.device)
     cols = adaptive_pool_matrix(W, W if out_w is None else out_w, x.dtype, x.device)
-    out = rows @ x @ cols.T  # (out_h, H) @ (B, C, H, W) @ (W, out_w)
-    return out.squeeze(0) if unbatched else out
+    return rows @ x @ cols.T  # (out_h, H) @ (B, C, H, W) @ (W, out_w), or (C, H, W)
 
 
 class MaxPool2d(nn.Module):
@@ -347,8 +321,8 @@ class AvgPool2d(nn.Module):
                  count_include_pad: bool = True,
                  divisor_override: Optional[int] = None):
         super().__init__()
-        _pool_args("AvgPool2d", kernel_size, stride, padding)  # fail early
-        _check_divisor(divisor_override, "AvgPool2d")
+        _pool_args("AvgPool2d", kernel_size, stride, padding,
+                   divisor_override=divisor_override)  # fail early
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding, self.ceil_mode = padding, ceil_mode
@@ -371,7 +345,7 @@ class AdaptiveAvgPool2d(nn.Module):
 
     def __init__(self, output_size):
         super().__init__()
-        _output_size(output_size, "AdaptiveAvgPool2d")  # fail early
+        _check_output_size(output_size, "AdaptiveAvgPool2d")  # fail early
         self.output_size = output_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
