@@ -23,6 +23,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close, leaf
 from torch import nn
 
 from mmgpt.attention import (KVCache, MultiHeadAttention, attention_weights, causal_mask,
@@ -31,17 +32,6 @@ from mmgpt.attention import (KVCache, MultiHeadAttention, attention_weights, cau
 
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2}
 ERRORS = (ValueError, TypeError)
-
-
-def _leaf(t):
-    return t.detach().clone().requires_grad_(True)
-
-
-def _close(actual, expected, what: str, atol: float) -> None:
-    assert actual is not None, f"{what} is None (no gradient reached it)"
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    torch.testing.assert_close(actual, expected, rtol=atol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,16 +78,16 @@ def _draw_case(seed: int, dtype: torch.dtype) -> dict:
 def test_sdpa_matches_torch_forward_and_backward(seed, dtype):
     case = _draw_case(seed, dtype)
     tol = TOL[dtype]
-    ours_in = [_leaf(case[n]) for n in "qkv"]
-    ref_in = [_leaf(case[n]) for n in "qkv"]
+    ours_in = [leaf(case[n]) for n in "qkv"]
+    ref_in = [leaf(case[n]) for n in "qkv"]
     ours = scaled_dot_product_attention(*ours_in, **case["kwargs"])
     ref = F.scaled_dot_product_attention(*ref_in, **case["kwargs"])
-    _close(ours, ref, f"output ({case['kind']})", tol)
+    assert_close(ours, ref, f"output ({case['kind']})", tol)
     grad = torch.randn_like(ref)
     ours.backward(grad)
     ref.backward(grad)
     for name, a, b in zip("qkv", ours_in, ref_in):
-        _close(a.grad, b.grad, f"grad of {name} ({case['kind']})", tol)
+        assert_close(a.grad, b.grad, f"grad of {name} ({case['kind']})", tol)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -110,15 +100,15 @@ def test_sdpa_bfloat16_loosely_matches_float64(seed):
     ours = scaled_dot_product_attention(*(case[n].bfloat16() for n in "qkv"), **kwargs)
     ref = F.scaled_dot_product_attention(*(case[n] for n in "qkv"), **case["kwargs"])
     assert ours.dtype == torch.bfloat16
-    torch.testing.assert_close(ours.double(), ref, rtol=3e-2, atol=3e-2)
+    assert_close(ours.double(), ref, "bfloat16 output vs float64", 3e-2, rtol=3e-2)
 
 
 def test_sdpa_unbatched_and_4d_heads():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 5, 8, generator=g, dtype=torch.float64) for _ in range(3))
-    _close(scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0]),
+    assert_close(scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0]),
            F.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0]), "2-D input", 1e-12)
-    _close(scaled_dot_product_attention(q, k, v, is_causal=True),
+    assert_close(scaled_dot_product_attention(q, k, v, is_causal=True),
            F.scaled_dot_product_attention(q, k, v, is_causal=True), "4-D input", 1e-12)
 
 
@@ -126,7 +116,7 @@ def test_sdpa_grouped_query_attention():
     g = torch.Generator().manual_seed(1)
     q = torch.randn(2, 6, 5, 8, generator=g, dtype=torch.float64)
     k, v = (torch.randn(2, 2, 7, 8, generator=g, dtype=torch.float64) for _ in range(2))
-    _close(scaled_dot_product_attention(q, k, v, enable_gqa=True),
+    assert_close(scaled_dot_product_attention(q, k, v, enable_gqa=True),
            F.scaled_dot_product_attention(q, k, v, enable_gqa=True), "gqa", 1e-12)
 
 
@@ -137,12 +127,12 @@ def test_weights_are_a_distribution_and_output_is_weights_times_v():
     out, w = scaled_dot_product_attention(q, k, v, attn_mask=mask, return_weights=True)
     assert w.shape == (3, 6, 6)
     assert (w >= 0).all() and (w[:, ~mask] == 0).all()
-    _close(w.sum(-1), torch.ones(3, 6, dtype=torch.float64), "row sums", 1e-12)
-    _close(out, w @ v, "out vs weights @ v", 1e-12)
-    _close(attention_weights(q, k, is_causal=True), w, "attention_weights", 1e-12)
+    assert_close(w.sum(-1), torch.ones(3, 6, dtype=torch.float64), "row sums", 1e-12)
+    assert_close(out, w @ v, "out vs weights @ v", 1e-12)
+    assert_close(attention_weights(q, k, is_causal=True), w, "attention_weights", 1e-12)
     # against the formula written out: softmax(q k^T / sqrt(d)) with the masked entries at -inf
     scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(~mask, float("-inf"))
-    _close(w, torch.softmax(scores, -1), "weights vs torch.softmax", 1e-12)
+    assert_close(w, torch.softmax(scores, -1), "weights vs torch.softmax", 1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +143,10 @@ def test_weights_are_a_distribution_and_output_is_weights_times_v():
 def test_softmax_matches_torch_and_does_not_overflow(dim):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 5, 6, generator=g, dtype=torch.float64) * 10
-    _close(softmax(x, dim), torch.softmax(x, dim), "softmax", 1e-12)
+    assert_close(softmax(x, dim), torch.softmax(x, dim), "softmax", 1e-12)
     big = torch.tensor([1000.0, 999.0, -1000.0])  # exp(1000) overflows float32
     assert torch.isinf(big.exp()).any()
-    _close(softmax(big), torch.softmax(big, 0), "softmax of large numbers", 1e-6)
+    assert_close(softmax(big), torch.softmax(big, 0), "softmax of large numbers", 1e-6)
     assert torch.isfinite(softmax(big)).all()
 
 
@@ -165,7 +155,7 @@ def test_softmax_of_a_fully_masked_row_is_zero_not_nan():
     assert torch.isnan(torch.softmax(x, -1)[1]).all()  # what torch.softmax does
     out = softmax(x)
     assert (out[1] == 0).all()
-    _close(out[0], torch.softmax(x[0], -1), "partially masked row", 1e-7)
+    assert_close(out[0], torch.softmax(x[0], -1), "partially masked row", 1e-7)
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float"])
@@ -177,17 +167,17 @@ def test_fully_masked_rows_give_zero_output_and_gradient_like_torch(mask_kind):
     allowed[2, 0] = True
     mask = allowed if mask_kind == "bool" else torch.zeros(5, 5, dtype=torch.float64).masked_fill(
         ~allowed, float("-inf"))
-    ours_in, ref_in = [_leaf(t) for t in (q, k, v)], [_leaf(t) for t in (q, k, v)]
+    ours_in, ref_in = [leaf(t) for t in (q, k, v)], [leaf(t) for t in (q, k, v)]
     ours = scaled_dot_product_attention(*ours_in, attn_mask=mask)
     ref = F.scaled_dot_product_attention(*ref_in, attn_mask=mask)
     assert (ref[..., 1, :] == 0).all(), "PyTorch's behaviour changed: fully masked row not 0"
     assert (ours[..., 1, :] == 0).all()
-    _close(ours, ref, "output", 1e-12)
+    assert_close(ours, ref, "output", 1e-12)
     ours.sum().backward()
     ref.sum().backward()
     for name, a, b in zip("qkv", ours_in, ref_in):
         assert torch.isfinite(a.grad).all(), f"grad of {name} is not finite"
-        _close(a.grad, b.grad, f"grad of {name}", 1e-12)
+        assert_close(a.grad, b.grad, f"grad of {name}", 1e-12)
     assert (ours_in[0].grad[..., 1, :] == 0).all()
 
 
@@ -216,7 +206,7 @@ def test_dropout_same_seed_same_mask_as_torch(p):
     ours = scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
     torch.manual_seed(123)
     ref = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-    _close(ours, ref, "dropout output with the same seed", 1e-12)
+    assert_close(ours, ref, "dropout output with the same seed", 1e-12)
     assert not torch.allclose(ours, scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
@@ -228,7 +218,7 @@ def test_dropout_statistics():
     _, dropped = scaled_dot_product_attention(q, k, v, dropout_p=p, return_weights=True)
     kept = dropped != 0
     assert abs(1 - kept.double().mean().item() - p) < 0.03  # 4096 Bernoulli draws: sd 0.007
-    _close(dropped[kept], w[kept] / (1 - p), "kept weights are scaled by 1/(1-p)", 1e-12)
+    assert_close(dropped[kept], w[kept] / (1 - p), "kept weights are scaled by 1/(1-p)", 1e-12)
     draws = scaled_dot_product_attention(*(t.expand(400, *t.shape) for t in (q, k, v)),
                                          dropout_p=p)  # 400 independent dropout masks
     mean = draws.mean(0)
@@ -250,7 +240,7 @@ def test_causal_mask(L, S, offset):
     if offset == 0:  # what is_causal=True means in PyTorch
         q, k, v = _qkv(8, 1, max(L, S), 4)
         q, k, v = q[:, :L], k[:, :S], v[:, :S]
-        _close(F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                F.scaled_dot_product_attention(q, k, v, is_causal=True), "is_causal", 1e-12)
     assert torch.equal(causal_mask(4), torch.ones(4, 4, dtype=torch.bool).tril())
 
@@ -319,19 +309,19 @@ def test_from_torch_matches_nn_multihead_attention(seed):
         per_head = (torch.rand(B, heads, L, S, generator=g) < 0.6) | (torch.arange(S) == 0)
         ours_mask, theirs_mask = per_head, ~per_head.reshape(B * heads, L, S)
     for average in (True, False):
-        x1, x2 = _leaf(x), _leaf(x)
+        x1, x2 = leaf(x), leaf(x)
         ref, ref_w = m(x1, kv if cross else x1, kv if cross else x1, key_padding_mask=kpm,
                        attn_mask=theirs_mask, need_weights=True, average_attn_weights=average)
         out, w = ours(x2, context, key_padding_mask=kpm, attn_mask=ours_mask,
                       need_weights=True, average_attn_weights=average)
-        _close(out, ref, f"output ({mask_kind}, kpm={kpm is not None})", 1e-12)
-        _close(w, ref_w, f"weights (average={average})", 1e-12)
+        assert_close(out, ref, f"output ({mask_kind}, kpm={kpm is not None})", 1e-12)
+        assert_close(w, ref_w, f"weights (average={average})", 1e-12)
         grad = torch.randn_like(ref)
         ref.backward(grad)
         out.backward(grad)
-        _close(x2.grad, x1.grad, "grad of x", 1e-12)
+        assert_close(x2.grad, x1.grad, "grad of x", 1e-12)
     ours.fused = True  # the fused kernel gives the same output
-    _close(ours(x, context, key_padding_mask=kpm, attn_mask=ours_mask), ref.detach(), "fused", 1e-12)
+    assert_close(ours(x, context, key_padding_mask=kpm, attn_mask=ours_mask), ref.detach(), "fused", 1e-12)
 
 
 def test_from_torch_causal_and_parameter_gradients():
@@ -340,14 +330,14 @@ def test_from_torch_causal_and_parameter_gradients():
     x = torch.randn(2, 5, 12, dtype=torch.float64)
     ref, _ = m(x, x, x, attn_mask=~causal_mask(5), need_weights=False)
     out = ours(x, is_causal=True)
-    _close(out, ref, "causal output", 1e-12)
+    assert_close(out, ref, "causal output", 1e-12)
     ref.sum().backward()
     out.sum().backward()
     wq, wk, wv = m.in_proj_weight.grad.chunk(3)
     for name, a, b in (("q", ours.q_proj.weight.grad, wq), ("k", ours.k_proj.weight.grad, wk),
                        ("v", ours.v_proj.weight.grad, wv),
                        ("out", ours.out_proj.weight.grad, m.out_proj.weight.grad)):
-        _close(a, b, f"grad of {name} weight", 1e-12)
+        assert_close(a, b, f"grad of {name} weight", 1e-12)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in m.parameters())
 
 
@@ -362,7 +352,7 @@ def test_fully_padded_sequence_gives_the_output_bias_not_nan():
         mha.fused = fused
         out = mha(x, key_padding_mask=kpm)
         assert torch.equal(out[1].detach(), mha.out_proj.bias.detach().expand(3, 8))
-        _close(out[0], mha(x[:1])[0], "the other sequence is unaffected", 1e-6)
+        assert_close(out[0], mha(x[:1])[0], "the other sequence is unaffected", 1e-6)
     _, w = mha(x, key_padding_mask=kpm, need_weights=True)
     assert (w[1] == 0).all() and torch.isfinite(w).all()
 
@@ -384,7 +374,7 @@ def test_kv_cache_equals_full_recompute(chunks, fused):
         start += n
         assert len(cache) == start
         assert cache.k.shape == (2, 4, start, 4)
-    _close(torch.cat(outs, dim=1), full, "cached decoding vs one pass", 1e-12)
+    assert_close(torch.cat(outs, dim=1), full, "cached decoding vs one pass", 1e-12)
     cache.reset()
     assert len(cache) == 0 and cache.k is None
 
@@ -401,7 +391,7 @@ def test_kv_cache_with_prefix_mask_and_key_padding():
                 key_padding_mask=kpm[:, :4])
     rest = [mha(x[:, i:i + 1], is_causal=True, cache=cache, key_padding_mask=kpm[:, :i + 1])
             for i in range(4, 6)]
-    _close(torch.cat([first, *rest], dim=1), full, "prefix prompt then cached decoding", 1e-12)
+    assert_close(torch.cat([first, *rest], dim=1), full, "prefix prompt then cached decoding", 1e-12)
 
 
 def test_cross_attention_cache_reuses_the_context():
@@ -414,7 +404,7 @@ def test_cross_attention_cache_reuses_the_context():
     assert len(cache) == 9 and cache.cross
     outs += [mha(x[:, i:i + 1], cache=cache) for i in range(1, 4)]  # context no longer needed
     assert len(cache) == 9
-    _close(torch.cat(outs, dim=1), full, "cached cross-attention", 1e-12)
+    assert_close(torch.cat(outs, dim=1), full, "cached cross-attention", 1e-12)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -430,7 +420,7 @@ def test_fused_equals_book_path(seed):
                          {"attn_mask": torch.randn(L, L)}])
     book = mha(x, **kwargs)
     mha.fused = True
-    _close(mha(x, **kwargs), book, f"fused vs book {sorted(kwargs)}", 2e-5)
+    assert_close(mha(x, **kwargs), book, f"fused vs book {sorted(kwargs)}", 2e-5)
 
 
 def test_dropout_only_in_training():
@@ -446,7 +436,7 @@ def test_dropout_only_in_training():
     book = mha(x)
     mha.fused = True  # the fused CPU kernel draws its dropout mask like the book does
     torch.manual_seed(7)
-    _close(mha(x), book, "fused vs book with dropout and the same seed", 2e-5)
+    assert_close(mha(x), book, "fused vs book with dropout and the same seed", 2e-5)
 
 
 def test_heads_are_independent_slices():
