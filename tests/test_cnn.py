@@ -427,3 +427,16 @@ def test_group_norm_makes_each_image_independent_of_the_batch():
 def test_norm_must_be_batch_or_group(make):
     with pytest.raises(ValueError, match="norm must be one of"):
         make()
+
+
+
+@pytest.mark.parametrize("pool,norm", [("max", "batch"), ("avg", "group"), (None, "batch")])
+def test_small_cnn_step_reads_no_values_on_the_host(pool, norm):
+    """A training forward and backward run on the meta device (shapes, no values): nothing in
+    the network branches on the data or calls ``.item()``, so no step waits for a GPU."""
+    with torch.device("meta"):
+        model = SmallCNN(widths=(4, 8), pool=pool, norm=norm).train()
+        out = model(torch.empty(2, 3, 33, 20))
+        out.sum().backward()
+    assert out.shape == model.output_shape((2, 3, 33, 20))
+    assert all(p.grad is not None for p in model.parameters())

@@ -722,3 +722,16 @@ def test_Conv2d_forward_rejects_wrong_input():
         m(torch.randn(1, 4, 2, 5))
     with pytest.raises(ERRORS, match="dtype"):
         m(torch.randn(1, 4, 5, 5, dtype=DTYPE))
+
+
+
+def test_conv_reads_no_values_on_the_host():
+    """conv2d and Conv2d run on the meta device (shapes, no values): their checks read only
+    shapes and dtypes, so nothing waits for a GPU at every step."""
+    x = torch.empty(2, 4, 6, 6, device="meta")
+    w, b = torch.empty(6, 2, 3, 3, device="meta"), torch.empty(6, device="meta")
+    assert conv2d(x, w, b, padding="same", groups=2).shape == (2, 6, 6, 6)
+    assert conv2d(x[0], w, b, stride=(2, 1), dilation=2, groups=2).shape == (6, 1, 2)
+    with torch.device("meta"):
+        layer = Conv2d(4, 6, 3, padding=1, padding_mode="reflect")
+    assert layer(x).shape == (2, 6, 6, 6)

@@ -521,3 +521,16 @@ def test_learned_position_embedding_adds_one_vector_per_position():
 def test_learned_position_embedding_rejects_bad_arguments(call, pattern):
     with pytest.raises(ERRORS, match=pattern):
         call()
+
+
+
+def test_patch_embedding_step_reads_no_values_on_the_host():
+    """PatchEmbed and the position embeddings run on the meta device (shapes, no values):
+    their checks read only shapes, so nothing waits for a GPU at every step."""
+    with torch.device("meta"):
+        embed, position = PatchEmbed(16, 4, 3, 8), LearnedPositionEmbedding(16, 8)
+        tokens = position(embed(torch.empty(2, 3, 16, 16)))
+        grid = sequence_to_feature_map(tokens, 4, 4)
+    assert tokens.shape == (2, 16, 8) and grid.shape == (2, 8, 4, 4)
+    assert feature_map_to_sequence(grid).shape == (2, 16, 8)
+    assert unpatchify(patchify(torch.empty(3, 16, 16, device="meta"), 4), 4, 16, 16).shape == (3, 16, 16)

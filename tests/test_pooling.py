@@ -687,3 +687,30 @@ def test_module_forward_rejects_wrong_input():
         MaxPool2d(2)(torch.randn(4, 4))
     with pytest.raises(ERRORS, match="empty"):
         AvgPool2d(3)(torch.randn(1, 1, 2, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# No host syncs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_pooling_reads_no_values_on_the_host(dtype):
+    """Each pooling runs on the meta device, where tensors have shapes but no values: so no
+    ``if`` on the data and no ``.item()``, nothing that would wait for a GPU at every step
+    (max pooling's tie and NaN rules once branched on ``bool(tensor.any())``)."""
+    x = torch.empty(2, 3, 9, 9, device="meta", dtype=dtype)
+    out, indices = max_pool2d(x, 3, 2, 1, dilation=(1, 2), ceil_mode=True, return_indices=True)
+    assert out.shape == indices.shape == F.max_pool2d(torch.zeros(2, 3, 9, 9), 3, 2, 1, (1, 2), True).shape
+    assert MaxPool2d(3, 2, 1)(x).shape == (2, 3, 5, 5)
+    assert avg_pool2d(x, 3, 2, 1, divisor_override=4).shape == (2, 3, 5, 5)
+    assert avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False).shape == (2, 3, 5, 5)
+    if dtype.is_floating_point:
+        assert adaptive_avg_pool2d(x, (None, 2)).shape == (2, 3, 9, 2)
+
+
+@pytest.mark.parametrize("output_size", [(None, -1), (None, 2.5), (True, None), [None, "2"]])
+def test_adaptive_pooling_checks_the_size_next_to_a_none(output_size):
+    with pytest.raises(ERRORS, match=r"\boutput_size\b"):
+        adaptive_avg_pool2d(torch.zeros(1, 2, 6, 6), output_size)
+    with pytest.raises(ERRORS, match=r"\boutput_size\b"):
+        AdaptiveAvgPool2d(output_size)
