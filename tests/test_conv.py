@@ -35,10 +35,6 @@ ERRORS = (ValueError, TypeError)
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 
 
-def _assert_close(actual, expected, what: str, atol: float = ATOL) -> None:
-    assert_close(actual, expected, what, atol)
-
-
 # ---------------------------------------------------------------------------------------------
 # Random configurations for conv2d
 # ---------------------------------------------------------------------------------------------
@@ -113,14 +109,14 @@ def _compare_conv2d(cfg: dict, x, weight, bias, g, atol=ATOL) -> None:
     ref_in = [leaf(x), leaf(weight), leaf(bias)]
     out = conv2d(ours_in[0], ours_in[1], ours_in[2], **kwargs)
     ref = F.conv2d(ref_in[0], ref_in[1], ref_in[2], **kwargs)
-    _assert_close(out, ref, "output", atol)
+    assert_close(out, ref, "output", atol)
 
     upstream = torch.randn(ref.shape, generator=g, dtype=ref.dtype)
     out.backward(upstream)
     ref.backward(upstream)
     for name, ours_t, ref_t in zip(("x.grad", "weight.grad", "bias.grad"), ours_in, ref_in):
         if ref_t is not None:
-            _assert_close(ours_t.grad, ref_t.grad, name, atol)
+            assert_close(ours_t.grad, ref_t.grad, name, atol)
 
 
 @pytest.mark.parametrize("cfg", CONV_CONFIGS, ids=_conv_id)
@@ -312,7 +308,7 @@ def test_im2col_matches_unfold(cfg):
     upstream = torch.randn(ref.shape, generator=g, dtype=DTYPE)
     cols.backward(upstream)
     ref.backward(upstream)
-    _assert_close(ours_x.grad, ref_x.grad, "x.grad")
+    assert_close(ours_x.grad, ref_x.grad, "x.grad", ATOL)
 
 
 def test_unfold_configs_cover_every_feature():
@@ -460,7 +456,7 @@ def test_Conv2d_state_dicts_load_into_each_other(kwargs):
     for (name, p), (_, q) in zip(ours.named_parameters(), other.named_parameters()):
         assert torch.equal(p, q), name
     x = torch.randn(2, kwargs["in_channels"], 9, 10, dtype=DTYPE)
-    _assert_close(ours(x), other(x), "output after load_state_dict")
+    assert_close(ours(x), other(x), "output after load_state_dict", ATOL)
 
 
 MODULE_CASES = [
@@ -502,14 +498,14 @@ def test_Conv2d_forward_backward_matches_nn_Conv2d(mode, case):
             ours.bias.copy_(ref.bias)
     ours_x, ref_x = leaf(x), leaf(x)
     out, expected = ours(ours_x), ref(ref_x)
-    _assert_close(out, expected, "output")
+    assert_close(out, expected, "output", ATOL)
     upstream = torch.randn(expected.shape, generator=g, dtype=DTYPE)
     out.backward(upstream)
     expected.backward(upstream)
-    _assert_close(ours_x.grad, ref_x.grad, "x.grad")
-    _assert_close(ours.weight.grad, ref.weight.grad, "weight.grad")
+    assert_close(ours_x.grad, ref_x.grad, "x.grad", ATOL)
+    assert_close(ours.weight.grad, ref.weight.grad, "weight.grad", ATOL)
     if ref.bias is not None:
-        _assert_close(ours.bias.grad, ref.bias.grad, "bias.grad")
+        assert_close(ours.bias.grad, ref.bias.grad, "bias.grad", ATOL)
 
 
 def test_padding_modes_differ_from_each_other():
@@ -533,7 +529,7 @@ def test_Conv2d_without_bias():
     assert list(ours.state_dict()) == ["weight"] == list(ref.state_dict())
     assert len(list(ours.parameters())) == 1
     x = torch.randn(2, 3, 6, 5)
-    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=1e-5)
+    assert_close(ours(x), ref(x), "output", 1e-5)
     ours.load_state_dict(ref.state_dict())
     ref.load_state_dict(ours.state_dict())
     with pytest.raises(RuntimeError):  # a state dict with a bias does not fit a bias-free layer
@@ -562,7 +558,6 @@ def test_Conv2d_extra_repr_mentions_the_kernel_size(args, kwargs, expected):
     assert expected in m.extra_repr()
     assert expected in repr(m)
     assert m.extra_repr().startswith(f"{args[0]}, {args[1]}")
-    assert "kernel_size" in repr(nn.Conv2d(*args, **kwargs))  # the same information as nn.Conv2d's
 
 
 def test_Conv2d_extra_repr_mentions_non_default_settings():
@@ -590,7 +585,7 @@ def test_base_call_for_error_cases_is_valid():
     """Each error case below changes exactly one thing in this valid call."""
     call = _base_call()
     ref = F.conv2d(call["x"], call["weight"], call["bias"], 1, 0, 1, 2)
-    _assert_close(conv2d(**call), ref, "output")
+    assert_close(conv2d(**call), ref, "output", ATOL)
 
 
 def _randn(*shape, dtype=DTYPE):
@@ -637,26 +632,23 @@ CONV2D_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("overrides,pattern", [c[1:] for c in CONV2D_ERRORS], ids=[c[0] for c in CONV2D_ERRORS])
-def test_conv2d_rejects_bad_arguments(overrides, pattern):
+# Calls F.conv2d accepts (a 2-D x is read as one unbatched channel) or converts (floats,
+# bools, a list bias) where conv2d asks for what its signature says.
+_TORCH_LENIENT = {"x-2d", "groups-float", "bias-not-a-tensor", "padding-float", "stride-bool"}
+
+
+@pytest.mark.parametrize("name,overrides,pattern", CONV2D_ERRORS, ids=[c[0] for c in CONV2D_ERRORS])
+def test_conv2d_rejects_bad_arguments(name, overrides, pattern):
+    """A message that names the problem, for a call F.conv2d refuses as well: conv2d keeps
+    F.conv2d's contract and refuses no call it accepts, apart from the lenient ones above."""
     call = _base_call()
     call.update(overrides)
     with pytest.raises(ERRORS, match=pattern):
         conv2d(**call)
-
-
-_TORCH_LENIENT = {"x-2d", "groups-float", "bias-not-a-tensor", "padding-float", "stride-bool"}  # torch differs
-_TORCH_CHECKED = [c for c in CONV2D_ERRORS if c[0] not in _TORCH_LENIENT]
-
-
-@pytest.mark.parametrize("overrides", [c[1] for c in _TORCH_CHECKED], ids=[c[0] for c in _TORCH_CHECKED])
-def test_conv2d_error_cases_are_errors_for_torch_too(overrides):
-    """Sanity check of the list above: each case is a call that F.conv2d rejects as well."""
-    call = _base_call()
-    call.update(overrides)
-    with pytest.raises(Exception):
-        F.conv2d(call["x"], call["weight"], call["bias"], call["stride"], call["padding"], call["dilation"],
-                 call["groups"])
+    if name not in _TORCH_LENIENT:
+        with pytest.raises(Exception):
+            F.conv2d(call["x"], call["weight"], call["bias"], call["stride"], call["padding"],
+                     call["dilation"], call["groups"])
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
