@@ -31,10 +31,6 @@ DTYPE = torch.float64
 ATOL = 1e-12  # float64 round-off here is ~1e-15; a wrong mean/variance is O(0.01) or more
 
 
-def _close(actual, expected, what: str, atol: float = ATOL) -> None:
-    assert_close(actual, expected, what, atol)
-
-
 def _tiny(seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     config = dict(vocab_size=37, context_length=24, dim=32, num_layers=2, num_heads=4)
@@ -68,29 +64,31 @@ def test_layer_norm_matches_pytorch_forward_and_backward(seed):
     ours.load_state_dict(ref.state_dict())  # strict: same parameter names and shapes
     xo, xr = leaf(x), leaf(x)
     yo, yr = ours(xo), ref(xr)
-    _close(yo, yr, "output")
+    assert_close(yo, yr, "output", ATOL)
     upstream = torch.randn(yr.shape, generator=g, dtype=DTYPE)
     (yo * upstream).sum().backward()
     (yr * upstream).sum().backward()
-    _close(xo.grad, xr.grad, "grad x", atol=1e-10)
+    assert_close(xo.grad, xr.grad, "grad x", 1e-10)
     for name, p in ref.named_parameters():
-        _close(dict(ours.named_parameters())[name].grad, p.grad, f"grad {name}", atol=1e-10)
+        assert_close(dict(ours.named_parameters())[name].grad, p.grad, f"grad {name}", 1e-10)
     # the functional form, against F.layer_norm
     w = ref.weight.detach() if affine else None
     b = ref.bias.detach() if affine and bias else None
-    _close(layer_norm(x, normalized, w, b, eps), F.layer_norm(x, normalized, w, b, eps), "layer_norm")
+    assert_close(layer_norm(x, normalized, w, b, eps), F.layer_norm(x, normalized, w, b, eps),
+                 "layer_norm", ATOL)
 
 
 def test_layer_norm_normalizes_and_handles_float32_and_constant_rows():
     x = torch.randn(5, 7, 16) * 4 + 3
     y = LayerNorm(16)(x)
-    assert torch.allclose(y.mean(-1), torch.zeros(5, 7), atol=1e-5)
-    assert torch.allclose(y.var(-1, unbiased=False), torch.ones(5, 7), atol=1e-3)
-    torch.testing.assert_close(y, F.layer_norm(x, (16,)), rtol=0, atol=1e-5)
+    assert_close(y.mean(-1), torch.zeros(5, 7), "row means", 1e-5)
+    assert_close(y.var(-1, unbiased=False), torch.ones(5, 7), "row variances", 1e-3)
+    assert_close(y, F.layer_norm(x, (16,)), "float32 vs F.layer_norm", 1e-5)
     constant = torch.full((2, 8), 3.0)  # variance 0: the output is the bias
     w, b = torch.randn(8), torch.randn(8)
-    torch.testing.assert_close(layer_norm(constant, 8, w, b), b.expand(2, 8))
-    torch.testing.assert_close(layer_norm(constant, 8, w, b), F.layer_norm(constant, (8,), w, b))
+    assert_close(layer_norm(constant, 8, w, b), b.expand(2, 8), "constant rows", 0.0)
+    assert_close(layer_norm(constant, 8, w, b), F.layer_norm(constant, (8,), w, b),
+                 "constant rows vs F.layer_norm", 0.0)
 
 
 def test_layer_norm_module_mirrors_nn_layernorm():
@@ -135,9 +133,9 @@ def test_mlp_shapes_and_what_it_computes(dim, hidden):
     y = mlp(x)
     assert y.shape == x.shape
     expected = F.gelu(x @ mlp.fc.weight.T + mlp.fc.bias) @ mlp.proj.weight.T + mlp.proj.bias
-    _close(y, expected, "MLP")
+    assert_close(y, expected, "MLP", ATOL)
     # position-wise: every position is transformed on its own
-    _close(mlp(x[:, 3:4]), y[:, 3:4], "one position alone")
+    assert_close(mlp(x[:, 3:4]), y[:, 3:4], "one position alone", ATOL)
 
 
 def test_mlp_dropout_only_in_training():
@@ -164,7 +162,7 @@ def test_block_is_pre_norm_residual_and_causal():
     x2 = x.clone()
     x2[:, 6:] += torch.randn(2, 3, 16, dtype=DTYPE)
     y2 = block(x2, is_causal=True)
-    _close(y2[:, :6], y[:, :6], "causal: outputs before the change")
+    assert_close(y2[:, :6], y[:, :6], "causal: outputs before the change", ATOL)
     assert not torch.allclose(y2[:, 6:], y[:, 6:])
     # pre-norm: with both branches' output projections at zero the block is the identity
     # (a post-norm block would still normalize x)
@@ -172,7 +170,7 @@ def test_block_is_pre_norm_residual_and_causal():
         for linear in (block.mlp.proj, block.attn.out_proj):
             linear.weight.zero_()
             linear.bias.zero_()
-    _close(block(x * 10 + 3, is_causal=True), x * 10 + 3, "identity")
+    assert_close(block(x * 10 + 3, is_causal=True), x * 10 + 3, "identity", ATOL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +188,7 @@ def test_gpt_shapes_loss_and_initial_loss(fused):
     targets[0, :4] = -100
     logits, loss = model(idx, targets)
     expected = F.cross_entropy(logits.reshape(-1, 37), targets.reshape(-1), ignore_index=-100)
-    assert torch.allclose(loss, expected, rtol=0, atol=1e-6)
+    assert_close(loss, expected, "loss vs F.cross_entropy", 1e-6)
     # small random init: predictions start close to uniform, loss close to ln(vocab)
     assert abs(loss.item() - math.log(37)) < 0.1
     loss.backward()
@@ -228,7 +226,7 @@ def test_gpt_is_causal():
     changed = idx.clone()
     changed[:, 9:] = (changed[:, 9:] + 1) % 37
     a, b = model(idx)[0], model(changed)[0]
-    _close(a[:, :9], b[:, :9], "logits before the change")
+    assert_close(a[:, :9], b[:, :9], "logits before the change", ATOL)
     assert not torch.allclose(a[:, 9:], b[:, 9:])
 
 
@@ -277,7 +275,7 @@ def test_kv_cache_logits_equal_full_recompute_at_every_step(seed):
     logits, _ = model(seq, caches=caches)  # prefill
     for step in range(12):  # greedy decoding, one token at a time through the cache
         full, _ = model(seq)
-        _close(logits, full[:, -logits.shape[1]:], f"step {step}", atol=1e-10)
+        assert_close(logits, full[:, -logits.shape[1]:], f"step {step}", 1e-10)
         next_id = logits[:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([seq, next_id], dim=1)
         logits, _ = model(next_id, caches=caches)
@@ -285,7 +283,7 @@ def test_kv_cache_logits_equal_full_recompute_at_every_step(seed):
     # feeding in chunks of several tokens at once gives the same logits too
     caches = model.new_caches()
     chunks = [model(seq[:, a:b], caches=caches)[0] for a, b in [(0, 3), (3, 4), (4, 11), (11, None)]]
-    _close(torch.cat(chunks, dim=1), model(seq)[0], "chunked", atol=1e-10)
+    assert_close(torch.cat(chunks, dim=1), model(seq)[0], "chunked", 1e-10)
 
 
 @pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, top_k=5),
