@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import as_pair
+from helpers import as_pair, assert_close
 from torch import nn
 
 from mmgpt.cnn import ReceptiveField, ResidualBlock, SmallCNN, receptive_field
@@ -263,14 +263,14 @@ def test_residual_block_matches_reference_forward_and_backward(c_in, c_out, stri
     x = torch.randn(2, c_in, 9, 8, dtype=DTYPE)
     ours_x, ref_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     out, expected = ours(ours_x), ref(ref_x)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    assert_close(out, expected, "output", 1e-10)
     upstream = torch.randn_like(expected)
     out.backward(upstream)
     expected.backward(upstream)
-    torch.testing.assert_close(ours_x.grad, ref_x.grad, rtol=0, atol=1e-10)
+    assert_close(ours_x.grad, ref_x.grad, "x.grad", 1e-10)
     for (name, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
-        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-10, msg=name)
+        assert_close(p.grad, q.grad, f"{name}.grad", 1e-10)
 
 
 def test_residual_block_is_the_identity_when_its_branch_is_silenced():

@@ -22,6 +22,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_close
 from torch import nn
 
 from mmgpt.conv import Conv2d
@@ -255,17 +256,17 @@ def test_patch_embed_equals_conv_forward_and_backward(case, direction):
     x_ref = x.detach().clone().requires_grad_(True)
     ours, ref = embed(x), _conv_as_sequence(conv, x_ref)
     assert ours.shape == ref.shape
-    torch.testing.assert_close(ours, ref, rtol=0, atol=ATOL)
+    assert_close(ours, ref, "output", ATOL)
 
     upstream = _randn(*ref.shape, seed=4)
     ours.backward(upstream)
     ref.backward(upstream)
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=ATOL)
+    assert_close(x.grad, x_ref.grad, "x.grad", ATOL)
     # the linear layer's weight gradient is the convolution kernel's gradient, flattened
     assert embed.proj.weight.grad.shape == (case["e"], conv.weight[0].numel())
-    torch.testing.assert_close(embed.proj.weight.grad.view_as(conv.weight), conv.weight.grad, rtol=0, atol=ATOL)
+    assert_close(embed.proj.weight.grad.view_as(conv.weight), conv.weight.grad, "weight.grad", ATOL)
     if case["bias"]:
-        torch.testing.assert_close(embed.proj.bias.grad, conv.bias.grad, rtol=0, atol=ATOL)
+        assert_close(embed.proj.bias.grad, conv.bias.grad, "bias.grad", ATOL)
     else:
         assert embed.proj.bias is None and conv.bias is None
 
@@ -275,7 +276,7 @@ def test_patch_embed_from_mmgpt_conv2d():
     conv = Conv2d(3, 6, kernel_size=4, stride=4, dtype=DTYPE)
     embed = PatchEmbed.from_conv(conv, img_size=(8, 12))
     x = _randn(2, 3, 8, 12, seed=5)
-    torch.testing.assert_close(embed(x), _conv_as_sequence(conv, x), rtol=0, atol=ATOL)
+    assert_close(embed(x), _conv_as_sequence(conv, x), "PatchEmbed vs Conv2d", ATOL)
     assert embed.num_patches == 6 and embed.grid_size == (2, 3)
 
 
@@ -287,7 +288,7 @@ def test_patch_embed_starts_like_conv_under_the_same_seed():
     assert torch.equal(embed.conv_weight, conv.weight)
     assert torch.equal(embed.proj.bias, conv.bias)
     x = torch.randn(1, 3, 224, 224)
-    torch.testing.assert_close(embed(x), _conv_as_sequence(conv, x), rtol=1e-5, atol=1e-5)
+    assert_close(embed(x), _conv_as_sequence(conv, x), "float32 PatchEmbed vs nn.Conv2d", 1e-5, rtol=1e-5)
 
 
 def test_patch_embed_shapes_and_parameters():
@@ -407,10 +408,10 @@ def _closed_form_1d(n: int, dim: int, base: float = 10000.0) -> torch.Tensor:
 def test_sincos_1d_matches_the_closed_form(n, dim, base):
     pe = sincos_position_embedding_1d(n, dim, base=base, dtype=torch.float64)
     assert pe.shape == (n, dim) and pe.dtype == torch.float64
-    torch.testing.assert_close(pe, _closed_form_1d(n, dim, base), rtol=0, atol=1e-12)
+    assert_close(pe, _closed_form_1d(n, dim, base), "vs the closed form", 1e-12)
     pe32 = sincos_position_embedding_1d(n, dim, base=base)
     assert pe32.dtype == torch.float32
-    torch.testing.assert_close(pe32, pe.float(), rtol=0, atol=0)
+    assert torch.equal(pe32, pe.float())  # computed in float64, then rounded once
 
 
 def test_sincos_1d_encodes_relative_positions():
@@ -420,8 +421,8 @@ def test_sincos_1d_encodes_relative_positions():
     gram = pe @ pe.T
     for offset in range(-n + 1, n):
         diagonal = torch.diagonal(gram, offset)
-        torch.testing.assert_close(diagonal, diagonal[:1].expand_as(diagonal), rtol=0, atol=1e-12)
-    assert torch.allclose(torch.diagonal(gram), torch.full((n,), dim / 2, dtype=torch.float64))
+        assert_close(diagonal, diagonal[:1].expand_as(diagonal), f"offset {offset}", 1e-12)
+    assert_close(torch.diagonal(gram), torch.full((n,), dim / 2, dtype=torch.float64), "norms", 1e-12)
     # Shifting by k is the same rotation for every position: PE[pos + k] = PE[pos] @ R_k.
     k = 5
     omega = 10000.0 ** (-2 * torch.arange(dim // 2, dtype=torch.float64) / dim)
@@ -430,7 +431,7 @@ def test_sincos_1d_encodes_relative_positions():
         c, s = math.cos(k * w), math.sin(k * w)
         # [sin(a + kw), cos(a + kw)] = [sin a, cos a] @ [[c, -s], [s, c]]
         rotation[2 * i:2 * i + 2, 2 * i:2 * i + 2] = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
-    torch.testing.assert_close(pe[:-k] @ rotation, pe[k:], rtol=0, atol=1e-12)
+    assert_close(pe[:-k] @ rotation, pe[k:], "shift by a rotation", 1e-12)
 
 
 @pytest.mark.parametrize("height,width,dim", [(3, 5, 8), (14, 14, 64), (1, 7, 12), (6, 1, 4)])
@@ -444,12 +445,12 @@ def test_sincos_2d_structure(height, width, dim):
     assert torch.equal(rows_part, rows_part[:, :1].expand_as(rows_part))
     assert torch.equal(cols_part, cols_part[:1].expand_as(cols_part))
     # ... and each half is the 1-D embedding of that index with dim/2 dimensions
-    torch.testing.assert_close(rows_part[:, 0], _closed_form_1d(height, half), rtol=0, atol=1e-12)
-    torch.testing.assert_close(cols_part[0], _closed_form_1d(width, half), rtol=0, atol=1e-12)
+    assert_close(rows_part[:, 0], _closed_form_1d(height, half), "row half", 1e-12)
+    assert_close(cols_part[0], _closed_form_1d(width, half), "column half", 1e-12)
     # the token at row-major index i*width + j has row i and column j
     i, j = height - 1, width // 2
     expected = torch.cat([_closed_form_1d(height, half)[i], _closed_form_1d(width, half)[j]])
-    torch.testing.assert_close(pe[i * width + j], expected, rtol=0, atol=1e-12)
+    assert_close(pe[i * width + j], expected, "token (i, j)", 1e-12)
     # every position gets its own vector
     assert torch.cdist(pe, pe).add(torch.eye(height * width, dtype=pe.dtype)).min() > 1e-6
 
