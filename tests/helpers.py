@@ -33,5 +33,11 @@ def assert_close(actual, expected, what: str, atol: float, equal_nan: bool = Fal
     assert actual is not None, f"{what} is None (no gradient reached it)"
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    try:  # torch.isclose is the test torch.testing.assert_close makes, at 1/50 of its cost
+        with torch.no_grad():
+            if bool(torch.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=equal_nan).all()):
+                return
+    except (RuntimeError, TypeError, NotImplementedError):  # a dtype or device isclose lacks
+        pass
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=equal_nan,
-                               msg=lambda m: f"{what}: {m}")
+                               msg=lambda m: f"{what}: {m}")  # fails, saying where and by how much

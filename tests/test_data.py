@@ -30,6 +30,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close
 from PIL import Image
 
 from mmgpt.data import (BACKGROUND, COLORS, DEFAULT_HELDOUT, FAMILIES, IGNORE_INDEX, SHAPES,
@@ -393,8 +394,9 @@ def test_digit_strings_meaning_and_determinism():
         ink = 1 - s["image"][0]
         for k, source in enumerate(scene.sources):  # each cell is its scan, exactly
             x = scene.left + k * 8
-            np.testing.assert_allclose(ink[scene.top:scene.top + 8, x:x + 8].numpy(),
-                                       scans[source] / 255.0, atol=1e-6)
+            assert_close(ink[scene.top:scene.top + 8, x:x + 8].double(),
+                         torch.from_numpy(np.asarray(scans[source], dtype=np.float64) / 255.0),
+                         f"cell {k} of sample {i}", 1e-6)
         ink[scene.top:scene.top + 8, scene.left:scene.left + 8 * len(scene.digits)] = 0
         assert float(ink.abs().max()) < 1e-6, "ink outside the digit cells"
         assert ds.describe(i)["scene"].sources is None
@@ -479,9 +481,10 @@ def test_folder_dataset_loads_a_good_folder(folder):
     first = ds[0]
     assert first["caption"] == "a red picture" and first["line"] == 1 and first["path"] == "a.png"
     assert first["image"].shape == (3, 8, 10)
-    assert torch.allclose(first["image"][:, 0, 0], torch.tensor([200, 30, 30]) / 255)
+    assert_close(first["image"][:, 0, 0], torch.tensor([200, 30, 30]) / 255, "a red pixel", 1e-6)
     assert ds[1]["family"] == "color" and ds[1]["line"] == 3 and "caption" not in ds[1]
-    assert ds[2]["family"] == "qa" and torch.allclose(ds[2]["image"], torch.full((3, 8, 10), 128 / 255))
+    assert ds[2]["family"] == "qa"
+    assert_close(ds[2]["image"], torch.full((3, 8, 10), 128 / 255), "grey -> RGB", 1e-6)
     assert torch.equal(ds[3]["image"], torch.ones(3, 4, 4))  # transparent -> white paper
     assert "image" not in ds.describe(1) and ds.describe(1)["answer"] == "blue"
     resized = FolderDataset(folder, image_size=16)
