@@ -6,8 +6,10 @@ chapter (``tools/notebooks.py``'s SETUP_TEMPLATE) then runs ``%pip install`` of 
 in it:
 
 1. a new virtual environment with no system site-packages (so no mmgpt, no numpy, nothing);
-2. torch installed into it at the version this environment has (``pip install torch==X``, which
-   takes the local CPU wheel on this project's machines), plus ipykernel, as Colab has them;
+2. Colab's own versions of what mmgpt and the chapters use (``tests/colab.txt``, copied from
+   Colab's published pip freeze: ipywidgets 7.7.1, numpy, matplotlib, ipykernel, ...) installed
+   into it from PyPI, and torch at the version this environment has (``pip install torch==X``,
+   which takes the local CPU wheel on this project's machines) instead of Colab's CUDA build;
 3. the working tree copied to a temporary folder (the files git would push: tracked and
    untracked-but-not-ignored), named by ``MMGPT_SOURCE``, standing in for the GitHub repository;
 4. the first chapter of ``_toc.yml`` executed with nbclient in a kernel of that environment
@@ -15,9 +17,11 @@ in it:
    checkout, as Colab runs a notebook opened from GitHub.
 
 It then checks that every cell ran, that mmgpt was missing before and is now installed from
-``MMGPT_SOURCE`` into that environment, that torch was left alone (same version, same files), and
-that the checked outputs (those nbval compares) are the stored ones. Slow (minutes: pip installs
-torch and mmgpt's dependencies; the dependencies come from PyPI or pip's cache).
+``MMGPT_SOURCE`` into that environment at mmgpt.__version__, that the set-up cell changed none of
+Colab's packages (same versions; torch's files untouched: replacing Colab's ipywidgets breaks its
+widget display, replacing its torch loses its CUDA build), and that the checked outputs (those
+nbval compares) are the stored ones. Slow (minutes: pip installs torch and the Colab set; they
+come from PyPI or pip's cache).
 """
 from __future__ import annotations
 
@@ -36,10 +40,20 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import notebooks as nbtools  # noqa: E402
+
 KERNEL = "mmgpt-fresh-env"
+COLAB = ROOT / "tests" / "colab.txt"
+# python -c PROBE NAME...: what the environment holds, with the installed version of each NAME.
 PROBE = """
 import importlib.metadata as md, json, pathlib, sys
-out = {"prefix": sys.prefix}
+out = {"prefix": sys.prefix, "versions": {}}
+for name in sys.argv[1:]:
+    try:
+        out["versions"][name] = md.version(name)
+    except md.PackageNotFoundError:
+        out["versions"][name] = None
 try:
     import torch
     out["torch"] = torch.__version__
@@ -84,8 +98,20 @@ def run(cmd: list[str], what: str, **kwargs) -> str:
     return proc.stdout
 
 
-def probe(python: pathlib.Path, cwd: pathlib.Path, env: dict[str, str]) -> dict:
-    return json.loads(run([str(python), "-c", PROBE], "probing the fresh environment", cwd=cwd, env=env).strip().splitlines()[-1])
+def colab_pins() -> dict[str, str]:
+    """tests/colab.txt as {name: version}."""
+    pins = {}
+    for line in COLAB.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def probe(python: pathlib.Path, cwd: pathlib.Path, env: dict[str, str], names=()) -> dict:
+    out = run([str(python), "-c", PROBE, *names], "probing the fresh environment", cwd=cwd, env=env)
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def copy_source_tree(dest: pathlib.Path) -> None:
@@ -165,19 +191,24 @@ def _run_chapter_in_a_fresh_environment(tmp_path, monkeypatch, lap) -> None:
     python = venv / "bin" / "python"
     env = clean_env(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(venv))
 
-    # 1-2. A fresh environment: its own site-packages only; torch (the version we test with) and a kernel.
+    # 1-2. A fresh environment: its own site-packages only; Colab's packages, torch (the version we
+    # test with) and a kernel.
     run([sys.executable, "-m", "venv", str(venv)], "creating the virtual environment", env=clean_env(), timeout=300)
     before = probe(python, work, env)
     assert before["torch"] is None and "ModuleNotFoundError" in before.get("mmgpt_error", ""), \
         f"the new environment is not fresh: {before}"
     lap("venv")
     torch_pin = f"torch=={torch.__version__.split('+')[0]}"
-    run([str(python), "-m", "pip", "install", "--quiet", "--no-compile", torch_pin, "ipykernel"],
-        f"installing {torch_pin} and ipykernel into the fresh environment", cwd=work, env=env, timeout=1800)
-    lap("torch + ipykernel")
-    before = probe(python, work, env)
+    colab = {name: version for name, version in colab_pins().items() if name != "torch"}
+    run([str(python), "-m", "pip", "install", "--quiet", "--no-compile", torch_pin,
+         *(f"{name}=={version}" for name, version in colab.items())],
+        f"installing {torch_pin} and Colab's packages (tests/colab.txt) into the fresh environment",
+        cwd=work, env=env, timeout=1800)
+    lap("torch + Colab's packages")
+    before = probe(python, work, env, colab)
     assert before["torch"] and "ModuleNotFoundError" in before.get("mmgpt_error", ""), \
         f"mmgpt must be missing before the set-up cell runs: {before}"
+    assert before["versions"] == colab, f"the fresh environment does not hold Colab's versions: {before['versions']}"
 
     # 3. The repository the set-up cell installs from, and a kernel running the fresh Python.
     copy_source_tree(source)
@@ -203,7 +234,7 @@ def _run_chapter_in_a_fresh_environment(tmp_path, monkeypatch, lap) -> None:
     def after_cell(cell, cell_index, execute_reply, **_):
         if "setup" in cell.metadata.get("tags", []):
             lap("set-up cell (pip installs mmgpt)")
-            after_setup.update(probe(python, work, env))  # the set-up cell, not a later one, installed it
+            after_setup.update(probe(python, work, env, colab))  # the set-up cell, not a later one, installed it
 
     NotebookClient(nb, kernel_name=KERNEL, timeout=900, resources={"metadata": {"path": str(work)}},
                    on_cell_executed=after_cell).execute()
@@ -220,10 +251,14 @@ def _run_chapter_in_a_fresh_environment(tmp_path, monkeypatch, lap) -> None:
     installed_from = pathlib.Path(unquote(urlsplit(direct_url.get("url", "")).path)).resolve()
     assert installed_from == source.resolve(), \
         f"mmgpt should come from MMGPT_SOURCE ({source}); pip recorded {direct_url}"
-    version = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.M).group(1)
-    assert after["mmgpt_version"] == version, f"installed mmgpt {after['mmgpt_version']}, pyproject says {version}"
+    version = nbtools.package_version()
+    assert after["mmgpt_version"] == version, \
+        f"installed mmgpt {after['mmgpt_version']}, mmgpt.__version__ is {version}"
     assert (after["torch"], after["torch_init_mtime_ns"]) == (before["torch"], before["torch_init_mtime_ns"]), \
         f"installing mmgpt replaced torch: {before['torch']} before, {after['torch']} after (files rewritten?)"
+    changed = {name: (was, after_setup["versions"].get(name)) for name, was in before["versions"].items()
+               if after_setup["versions"].get(name) != was}
+    assert not changed, f"the set-up cell replaced Colab's packages (name: (Colab's, after)): {changed}"
 
     sanitize = sanitizer()
     expected, got = checked_outputs(stored, sanitize), checked_outputs(nb, sanitize)
@@ -231,4 +266,5 @@ def _run_chapter_in_a_fresh_environment(tmp_path, monkeypatch, lap) -> None:
     assert len(expected) == len(got) and not differ, (
         f"{chapter.name} gives other checked outputs in the fresh environment ({len(got)} vs {len(expected)} stored):\n"
         + "\n".join(f"cell {i}: stored {e[:300]!r}\n        fresh  {g[:300]!r}" for i, e, g in differ[:5]))
-    print(f"fresh environment: {chapter.name} ran; mmgpt {after['mmgpt_version']} from MMGPT_SOURCE, torch {after['torch']} kept")
+    print(f"fresh environment: {chapter.name} ran; mmgpt {after['mmgpt_version']} from MMGPT_SOURCE; "
+          f"torch {after['torch']} and Colab's {len(colab)} packages kept")

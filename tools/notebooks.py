@@ -4,12 +4,16 @@
     python tools/notebooks.py execute [NB...]  # re-run chapters in place, saving outputs + widget state
 
 The set-up cell is generated from one template, with the repository URL read from
-``_config.yml`` (the one place that names it); ``tests/test_book.py`` checks every chapter
-still carries it unchanged.
+``_config.yml`` (the one place that names it) and the release the chapters were executed with,
+``mmgpt.__version__`` (the one place that names the version; its git tag is ``v`` + version).
+In Colab the cell installs that tag, not whatever the default branch holds that day; a release
+bumps the version, runs ``make setup-cells`` and tags the commit. ``tests/test_book.py`` checks
+every chapter still carries the cell unchanged.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import pathlib
 import sys
 import time
@@ -21,14 +25,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 SETUP_TEMPLATE = '''\
-# Set-up, the same in every chapter: install mmgpt if it is missing
-# (e.g. in Colab), seed every random generator, pick the device.
+# Set-up, the same in every chapter: install the mmgpt this book was made with if it
+# is missing (e.g. in Colab), seed every random generator, pick the device.
 import os
-REPO = "{url}"
+MMGPT = "git+{url}@{tag}"
 try:
     import mmgpt
 except ImportError:  # MMGPT_SOURCE may name a local checkout instead
-    source = os.environ.get("MMGPT_SOURCE", f"git+{{REPO}}")
+    source = os.environ.get("MMGPT_SOURCE", MMGPT)
     %pip install --quiet {{source}}
     import mmgpt
 device = mmgpt.setup(seed=0)'''
@@ -42,8 +46,22 @@ def repository_url() -> str:
     return config["repository"]["url"].rstrip("/")
 
 
+def package_version() -> str:
+    """``mmgpt.__version__``, read from the source (importing mmgpt would import torch)."""
+    tree = ast.parse((ROOT / "mmgpt" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise LookupError("mmgpt/__init__.py does not set __version__")
+
+
+def release_tag() -> str:
+    """The git tag of this version: what the chapters' set-up cell installs."""
+    return f"v{package_version()}"
+
+
 def setup_source() -> str:
-    return SETUP_TEMPLATE.format(url=repository_url())
+    return SETUP_TEMPLATE.format(url=repository_url(), tag=release_tag())
 
 
 def chapter_paths(names=()) -> list[pathlib.Path]:
