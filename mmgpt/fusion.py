@@ -1,10 +1,10 @@
 """Cross-modal fusion: three ways for a text decoder to read an image's tokens.
 
 Chapter 08 compares them. Each strategy takes the decoder of Chapter 07 (a
-:class:`~mmgpt.transformer.GPT`, of which it uses the token and position embeddings and
-the blocks), the image tokens ``(B, N, dim)`` an image encoder made, and the text ids
-``(B, T)``; it returns the decoder's residual stream at the ``T`` text positions,
-``(B, T, dim)``, ready for the final layer norm and the language-model head. So the
+:class:`~mmgpt.transformer.GPT`, whose stages it calls: ``decoder.embed``,
+``decoder.run_blocks``), the image tokens ``(B, N, dim)`` an image encoder made, and the
+text ids ``(B, T)``; it returns the decoder's residual stream at the ``T`` text positions,
+``(B, T, dim)``, ready for ``decoder.logits`` (the final layer norm and the head). So the
 logits line up with the text ids whatever the strategy, and one labels convention serves
 all three.
 
@@ -23,6 +23,10 @@ all three.
 
 All three support the KV cache (:class:`FusionCache`): feeding a sequence at once, or its
 prompt and then one token at a time, gives the same outputs.
+
+The placeholder checks read the ids' values, so they run on CPU tensors only
+(:func:`~mmgpt._checks.on_host`): on an accelerator they would stall every step, and the
+ids come from ``Collate``, which writes the placeholders right.
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ._checks import on_host
 from .attention import KVCache, MultiHeadAttention, causal_mask
-from .transformer import GPT, MLP, LayerNorm
+from .transformer import GPT, MLP, LayerNorm, init_weights
 
 __all__ = [
     "FUSIONS",
@@ -100,22 +105,16 @@ def splice_image_tokens(text: Tensor, image: Tensor, placeholder: Tensor
     single placeholder's output is that of the **last image token** (the position that
     predicts the token after the image), so outputs line up with the text ids.
     """
-    fn = "splice_image_tokens"
     B, T, D = text.shape
     N = image.shape[1]
-    counts = placeholder.sum(dim=1)
-    count = int(counts[0]) if B else 1
-    if B and (bool((counts != count).any()) or count not in (1, N)):
-        raise ValueError(f"{fn}: every row must hold the <image> placeholder once or "
-                         f"N={N} times in a row, all rows alike; got counts "
-                         f"{counts.tolist()}")
+    # How many placeholders decides the length L: the one value read back from the device.
+    count = int(placeholder[0].sum()) if B else 1
     p = placeholder.long().argmax(dim=1)[:, None]  # (B, 1): where each row's image starts
     shift = N - count  # how much later the text after the image moves
     j = torch.arange(T + shift, device=text.device)[None]  # (1, L): positions of the result
     is_image = (j >= p) & (j < p + N)
-    if count == N and not torch.equal(is_image, placeholder):
-        raise ValueError(f"{fn}: the {N} <image> placeholders of a row must stand next to "
-                         f"each other")
+    if on_host(placeholder):
+        _check_layout(placeholder, is_image, N)
     text_src = torch.where(j < p, j, j - shift).clamp(0, T - 1)  # (B, L)
     image_src = (j - p).clamp(0, N - 1)
     x = torch.where(is_image[..., None],
@@ -124,6 +123,19 @@ def splice_image_tokens(text: Tensor, image: Tensor, placeholder: Tensor
     t = torch.arange(T, device=text.device)[None]
     text_index = torch.where(t < p, t, t + shift)  # one placeholder -> the last image token
     return x, is_image, text_index.expand(B, T)
+
+
+def _check_layout(placeholder: Tensor, is_image: Tensor, N: int) -> None:
+    counts = placeholder.sum(dim=1).tolist()
+    bad = [b for b, n in enumerate(counts) if n != counts[0] or n not in (1, N)]
+    if bad:
+        raise ValueError(f"splice_image_tokens: every row must hold the <image> placeholder "
+                         f"once or N={N} times in a row, all rows alike; row {bad[0]} holds "
+                         f"it {counts[bad[0]]} times (start each sequence with <bos> <image>, "
+                         f"as Collate does)")
+    if counts[0] == N and not torch.equal(is_image, placeholder):
+        raise ValueError(f"splice_image_tokens: the {N} <image> placeholders of a row must "
+                         f"stand next to each other")
 
 
 # --------------------------------------------------------------------------------------
@@ -163,20 +175,7 @@ class Fusion(nn.Module):
 
     def new_cache(self, decoder: GPT) -> FusionCache:
         """An empty cache for generation."""
-        return FusionCache([KVCache() for _ in decoder.blocks])
-
-    def embed(self, decoder: GPT, input_ids: Tensor, past: int) -> Tensor:
-        """Token plus position embeddings of text that starts at position ``past``."""
-        T = input_ids.shape[1]
-        self._check_positions(decoder, past + T)
-        positions = torch.arange(past, past + T, device=input_ids.device)
-        return decoder.tok_emb(input_ids) + decoder.pos_emb(positions)
-
-    def _check_positions(self, decoder: GPT, needed: int) -> None:
-        limit = decoder.pos_emb.num_embeddings
-        if needed > limit:
-            raise ValueError(f"{type(self).__name__}: the decoder would read {needed} "
-                             f"positions, more than its {limit} position embeddings")
+        return FusionCache(decoder.new_caches())
 
     def forward(self, decoder: GPT, image_tokens: Tensor, input_ids: Tensor,
                 cache: Optional[FusionCache] = None) -> Tensor:  # pragma: no cover
@@ -212,39 +211,23 @@ class PrefixFusion(Fusion):
 
     def forward(self, decoder: GPT, image_tokens: Tensor, input_ids: Tensor,
                 cache: Optional[FusionCache] = None) -> Tensor:
-        fn = "PrefixFusion"
-        past = 0 if cache is None else len(cache)
+        caches = None if cache is None else cache.self_attn
         placeholder = input_ids == self.image_token_id
-        counts = placeholder.sum(dim=1)
-        if past == 0:
-            N = image_tokens.shape[1]
-            bad = ((counts != 1) & (counts != N)).nonzero()
-            if len(bad):
-                row = int(bad[0, 0])
-                raise ValueError(
-                    f"{fn}: every row of input_ids must hold the <image> placeholder (id "
-                    f"{self.image_token_id}) where the image tokens go, once or N={N} "
-                    f"times in a row; row {row} holds it {int(counts[row])} times (start "
-                    f"each sequence with <bos> <image>, as Collate does)")
-            text = decoder.tok_emb(input_ids)
-            x, is_image, text_index = splice_image_tokens(text, image_tokens, placeholder)
-            mask = prefix_attention_mask(is_image)[:, None]  # (B, 1, L, L): every head
-            L = x.shape[1]
-            self._check_positions(decoder, L)
-            x = x + decoder.pos_emb(torch.arange(L, device=x.device))
-        else:  # continuing after the cached prompt: text only, causal
-            if bool(counts.any()):
-                raise ValueError(f"{fn}: the image was already read into the cache; new "
-                                 f"tokens must not hold the <image> placeholder "
-                                 f"(id {self.image_token_id})")
-            x, mask, text_index = self.embed(decoder, input_ids, past), None, None
-        x = decoder.dropout(x)
-        for i, block in enumerate(decoder.blocks):
-            x = block(x, attn_mask=mask, is_causal=mask is None,
-                      cache=None if cache is None else cache.self_attn[i])
-        if text_index is not None:  # back to the text positions
-            x = x.gather(1, text_index[..., None].expand(-1, -1, x.shape[-1]))
-        return x
+        if cache is not None and len(cache):  # after the cached prompt: text only, causal
+            if on_host(placeholder):
+                self._check_no_placeholder(placeholder)
+            return decoder.run_blocks(decoder.embed(input_ids, len(cache)), caches=caches)
+        text = decoder.tok_emb(input_ids)
+        x, is_image, text_index = splice_image_tokens(text, image_tokens, placeholder)
+        mask = prefix_attention_mask(is_image)[:, None]  # (B, 1, L, L): every head
+        x = decoder.run_blocks(decoder.add_positions(x), mask, caches)
+        return x.gather(1, text_index[..., None].expand(-1, -1, x.shape[-1]))  # text positions
+
+    def _check_no_placeholder(self, placeholder: Tensor) -> None:
+        if bool(placeholder.any()):
+            raise ValueError(f"PrefixFusion: the image was already read into the cache; new "
+                             f"tokens must not hold the <image> placeholder "
+                             f"(id {self.image_token_id})")
 
 
 # --------------------------------------------------------------------------------------
@@ -302,14 +285,13 @@ class CrossAttentionFusion(Fusion):
         self.layers = nn.ModuleList(
             GatedCrossAttention(dim, num_heads, dropout, bias, fused) for _ in self.where)
         for layer in self.layers:  # GPT's initialisation (the gates stay at 0)
-            layer.apply(GPT._init_weights)
+            layer.apply(init_weights)
 
     def extra_repr(self) -> str:
         return f"before_blocks={self.where}"
 
     def new_cache(self, decoder: GPT) -> FusionCache:
-        return FusionCache([KVCache() for _ in decoder.blocks],
-                           [KVCache() for _ in self.layers])
+        return FusionCache(decoder.new_caches(), [KVCache() for _ in self.layers])
 
     def gates(self) -> Tensor:
         """``tanh`` of every gate, ``(layers, 2)``: attention and MLP, 0 = closed."""
@@ -318,15 +300,11 @@ class CrossAttentionFusion(Fusion):
 
     def forward(self, decoder: GPT, image_tokens: Tensor, input_ids: Tensor,
                 cache: Optional[FusionCache] = None) -> Tensor:
-        past = 0 if cache is None else len(cache)
-        x = decoder.dropout(self.embed(decoder, input_ids, past))
-        layers = iter(self.layers)
-        for i, block in enumerate(decoder.blocks):
-            if i % self.every == 0:
-                k = i // self.every
-                x = next(layers)(x, image_tokens,
-                                 cache=None if cache is None else cache.cross_attn[k])
-            x = block(x, cache=None if cache is None else cache.self_attn[i])
+        x = decoder.embed(input_ids, past=0 if cache is None else len(cache))
+        for k, layer in enumerate(self.layers):  # a cross-attention layer, then `every` blocks
+            x = layer(x, image_tokens, cache=None if cache is None else cache.cross_attn[k])
+            x = decoder.run_blocks(x, caches=None if cache is None else cache.self_attn,
+                                   start=k * self.every, stop=(k + 1) * self.every)
         return x
 
 
@@ -348,8 +326,6 @@ class LateFusion(Fusion):
 
     def forward(self, decoder: GPT, image_tokens: Tensor, input_ids: Tensor,
                 cache: Optional[FusionCache] = None) -> Tensor:
-        past = 0 if cache is None else len(cache)
-        x = decoder.dropout(self.embed(decoder, input_ids, past))
-        for i, block in enumerate(decoder.blocks):
-            x = block(x, cache=None if cache is None else cache.self_attn[i])
+        x = decoder.embed(input_ids, past=0 if cache is None else len(cache))
+        x = decoder.run_blocks(x, caches=None if cache is None else cache.self_attn)
         return x + image_tokens.mean(dim=1, keepdim=True)

@@ -27,37 +27,51 @@ tokens in place of ``<image>`` and returns the text positions only. Sequences ar
 on the right (``Collate`` does): causal attention never lets a real token see the padding
 after it, and the labels ignore it, so no padding mask is needed.
 
-Checkpoints: :meth:`MultimodalGPT.save` writes the config and the weights atomically (a
-temporary file in the same folder, then ``os.replace``); :meth:`MultimodalGPT.load`
-reads them with ``torch.load(weights_only=True)`` (no code runs) and refuses, with a
-message that names the problem, a file that is truncated, not a checkpoint, holds
-weights that do not fit its config, or holds another config than the one asked for.
+Checkpoints: a checkpoint holds the config as plain values and the weights.
+:meth:`MultimodalGPT.save` writes them atomically (a temporary file in the same folder,
+then ``os.replace``); ``mmgpt.train`` writes them beside the optimizer's state. One
+reader, :meth:`MultimodalGPT.from_checkpoint`, builds the model from either (the keys
+each uses are in ``MODEL_KEYS``), so :meth:`MultimodalGPT.load` opens either file, with
+``torch.load(weights_only=True)`` (no code runs). A file that is truncated, not a
+checkpoint, holds weights that do not fit its config (what
+``load_state_dict(strict=True)`` reports), or another config than the one asked for is
+refused with a message that names the problem.
+
+Checks that read a tensor's values (token ids in range, a label to predict) run in
+``forward`` only on CPU tensors, where they cost nothing; on an accelerator they would
+stall every step (see :func:`mmgpt._checks.on_host`), and the batches come from
+``Collate``, which builds them right. ``generate`` checks everything: it reads its
+tokens back anyway.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
-from numbers import Real
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from ._checks import (boolean, describe, integer, is_int, on_host, one_of, positive_int,
+                      probability, tensor)
 from .cnn import NORMS, SmallCNN
 from .conv import Conv2d
 from .fusion import (FUSIONS, CrossAttentionFusion, Fusion, LateFusion,
                      PrefixFusion)
-from .loss import cross_entropy
+from .loss import IGNORE_INDEX, cross_entropy
 from .patches import (LearnedPositionEmbedding, PatchEmbed, feature_map_to_sequence,
                       sincos_position_embedding_2d)
-from .transformer import GPT, GPTConfig, _check_sampling, sample_next
+from .transformer import GPT, GPTConfig, check_sampling, sample_next
 from .utils import check_pixels, load_weights_only, save_atomic
 
 __all__ = [
     "IGNORE_INDEX",
     "ENCODERS",
     "MultimodalGPTConfig",
+    "default_cnn_widths",
+    "config_dict",
     "use_torch_convolutions",
     "ImageEncoder",
     "build_fusion",
@@ -67,11 +81,13 @@ __all__ = [
     "generate_text",
 ]
 
-IGNORE_INDEX = -100
 ENCODERS = ("cnn", "patch")
 PROJECTORS = ("linear", "mlp")
 IMAGE_POSITIONS = ("sincos", "learned", "none")
 CHECKPOINT_FORMAT = "mmgpt-multimodal-gpt"
+# Where a checkpoint keeps the model's config and weights, by its "format": the file of
+# MultimodalGPT.save, and mmgpt.train's checkpoint.pt (which also holds the optimizer, ...).
+MODEL_KEYS = {CHECKPOINT_FORMAT: ("config", "state_dict"), "mmgpt-train": ("model_config", "model")}
 
 
 # --------------------------------------------------------------------------------------
@@ -90,22 +106,15 @@ def make_labels(input_ids: Tensor, loss_mask: Tensor, ignore_index: int = IGNORE
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 \
             or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
         raise ValueError(f"{fn}: input_ids must be a 2-D integer tensor (B, T), got "
-                         f"{_describe(input_ids)}")
+                         f"{describe(input_ids)}")
     if not isinstance(loss_mask, Tensor) or loss_mask.dtype != torch.bool:
         raise TypeError(f"{fn}: loss_mask must be a boolean tensor (True = predict this "
-                        f"token), got {_describe(loss_mask)}")
+                        f"token), got {describe(loss_mask)}")
     if loss_mask.shape != input_ids.shape:
         raise ValueError(f"{fn}: loss_mask must have input_ids' shape "
                          f"{tuple(input_ids.shape)}, got {tuple(loss_mask.shape)}")
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TypeError(f"{fn}: ignore_index must be an int, got {ignore_index!r}")
+    integer(ignore_index, "ignore_index", fn, error=TypeError)
     return input_ids.long().masked_fill(~loss_mask, ignore_index)
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
 
 
 # --------------------------------------------------------------------------------------
@@ -179,38 +188,20 @@ class MultimodalGPTConfig:
 
     def __post_init__(self):
         fn = "MultimodalGPTConfig"
-
-        def positive(name):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise ValueError(f"{fn}: {name} must be one of {options}, got "
-                                 f"{getattr(self, name)!r}")
-
         for name in ("vocab_size", "context_length", "dim", "num_layers", "num_heads",
                      "image_size", "in_channels", "cnn_blocks", "cross_every"):
-            positive(name)
-        choice("encoder", ENCODERS)
-        choice("projector", PROJECTORS)
-        choice("image_pos", IMAGE_POSITIONS)
-        choice("fusion", FUSIONS)
-        choice("cnn_pool", ("max", "avg", None))
-        choice("cnn_norm", NORMS)
+            positive_int(getattr(self, name), name, fn)
+        for name, options in (("encoder", ENCODERS), ("projector", PROJECTORS),
+                              ("image_pos", IMAGE_POSITIONS), ("fusion", FUSIONS),
+                              ("cnn_pool", ("max", "avg", None)), ("cnn_norm", NORMS)):
+            one_of(getattr(self, name), name, fn, options)
         for name in ("bias", "tie_weights", "fused"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{fn}: {name} must be True or False, got "
-                                 f"{getattr(self, name)!r}")
-        if not isinstance(self.dropout, Real) or isinstance(self.dropout, bool) \
-                or not 0 <= self.dropout < 1:
-            raise ValueError(f"{fn}: dropout must be a number in [0, 1), got {self.dropout!r}")
+            boolean(getattr(self, name), name, fn)
+        probability(self.dropout, "dropout", fn)
         if self.dim % self.num_heads:
             raise ValueError(f"{fn}: dim must be divisible by num_heads, got dim={self.dim} "
                              f"and num_heads={self.num_heads}")
-        if not isinstance(self.image_token_id, int) or isinstance(self.image_token_id, bool) \
-                or not 0 <= self.image_token_id < self.vocab_size:
+        if not (is_int(self.image_token_id) and 0 <= self.image_token_id < self.vocab_size):
             raise ValueError(f"{fn}: image_token_id must be a token id below vocab_size="
                              f"{self.vocab_size}, got image_token_id={self.image_token_id!r} "
                              f"(use the tokenizer's image_id and vocab_size)")
@@ -220,25 +211,19 @@ class MultimodalGPTConfig:
         if self.fusion == "cross" and self.cross_every > self.num_layers:
             raise ValueError(f"{fn}: fusion='cross' with cross_every={self.cross_every} "
                              f"must be at most num_layers={self.num_layers}")
-        if self.cnn_widths is None:  # 16 channels, doubled by every stage down to 4x4
-            size = -(-self.image_size // 2)  # the stem halves (rounding up)
-            if self.cnn_pool is not None:
-                size = -(-size // 2)
-            widths = [16]
-            while size > 4:  # each later stage halves the map again
-                widths.append(2 * widths[-1])
-                size = -(-size // 2)
-            self.cnn_widths = tuple(widths)
+        # None means "chosen by image_size", and stays so: dataclasses.replace(config,
+        # image_size=64) hands the chosen value back as a _Derived one, chosen again here.
+        if self.cnn_widths is None or isinstance(self.cnn_widths, _DerivedWidths):
+            self.cnn_widths = _DerivedWidths(default_cnn_widths(self.image_size, self.cnn_pool))
         if isinstance(self.cnn_widths, list):
             self.cnn_widths = tuple(self.cnn_widths)
-        if not (isinstance(self.cnn_widths, tuple) and self.cnn_widths and all(
-                isinstance(w, int) and not isinstance(w, bool) and w > 0
-                for w in self.cnn_widths)):
+        if not (isinstance(self.cnn_widths, tuple) and self.cnn_widths
+                and all(is_int(w) and w > 0 for w in self.cnn_widths)):
             raise ValueError(f"{fn}: cnn_widths must be None or a non-empty tuple of "
                              f"positive ints, got {self.cnn_widths!r}")
-        if self.patch_size is None:
-            self.patch_size = max(1, self.image_size // 4)
-        positive("patch_size")
+        if self.patch_size is None or isinstance(self.patch_size, _DerivedSize):
+            self.patch_size = _DerivedSize(max(1, self.image_size // 4))  # 16 tokens
+        positive_int(self.patch_size, "patch_size", fn)
         if self.encoder == "patch" and self.image_size % self.patch_size:
             raise ValueError(f"{fn}: encoder='patch' needs image_size divisible by "
                              f"patch_size, got image_size={self.image_size} and patch_size="
@@ -264,6 +249,33 @@ class MultimodalGPTConfig:
     def num_image_tokens(self) -> int:
         rows, cols = self.image_grid
         return rows * cols
+
+
+class _DerivedWidths(tuple):
+    """``cnn_widths`` that the config chose itself (the field was ``None``). It equals the
+    plain tuple; it only tells ``__post_init__`` to choose again when a copy of the config
+    (``dataclasses.replace``) changes what it was chosen from."""
+
+
+class _DerivedSize(int):
+    """``patch_size`` that the config chose itself (see :class:`_DerivedWidths`)."""
+
+
+def default_cnn_widths(image_size: int, cnn_pool: Optional[str] = None) -> Tuple[int, ...]:
+    """16 channels, doubled by every stage until the feature map is 4x4 or smaller."""
+    size = -(-image_size // 2)  # the stem halves (rounding up)
+    if cnn_pool is not None:
+        size = -(-size // 2)
+    widths = [16]
+    while size > 4:  # each later stage halves the map again
+        widths.append(2 * widths[-1])
+        size = -(-size // 2)
+    return tuple(widths)
+
+
+def config_dict(config) -> dict:
+    """A config dataclass as plain values (lists, ints, strings): what a checkpoint stores."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 # --------------------------------------------------------------------------------------
@@ -397,9 +409,7 @@ class MultimodalGPT(nn.Module):
     def _check_images(self, images, fn: str) -> None:
         c = self.config
         expected = f"(B, {c.in_channels}, {c.image_size}, {c.image_size})"
-        if not isinstance(images, Tensor):
-            raise TypeError(f"{fn}: images must be a tensor {expected}, got "
-                            f"{type(images).__name__}")
+        tensor(images, f"images {expected}", fn)
         if not images.is_floating_point():
             raise TypeError(f"{fn}: images must be floating point (pixels in [0, 1]), got "
                             f"{images.dtype}")
@@ -420,12 +430,10 @@ class MultimodalGPT(nn.Module):
                              f"{images.shape[2]}x{images.shape[3]}; resize them or build "
                              f"the model with another image_size")
 
-    def _check_ids(self, input_ids, batch: int, past: int, fn: str,
-                   name: str = "input_ids") -> None:
+    def _check_ids(self, input_ids, batch: int, fn: str, name: str = "input_ids") -> None:
+        """The shape and dtype of token ids: no values read."""
         c = self.config
-        if not isinstance(input_ids, Tensor):
-            raise TypeError(f"{fn}: {name} must be a tensor of token ids, got "
-                            f"{type(input_ids).__name__}")
+        tensor(input_ids, name, fn)
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{fn}: {name} must hold integer token ids (int64), got "
                             f"{input_ids.dtype}")
@@ -435,14 +443,16 @@ class MultimodalGPT(nn.Module):
         if input_ids.shape[0] != batch:
             raise ValueError(f"{fn}: {name} has batch size {input_ids.shape[0]} but "
                              f"images has {batch}")
-        total = past + input_ids.shape[1]
-        if total > c.context_length:
-            raise ValueError(f"{fn}: {name} has {total} tokens, more than the model's "
-                             f"context_length={c.context_length}")
+        if input_ids.shape[1] > c.context_length:
+            raise ValueError(f"{fn}: {name} has {input_ids.shape[1]} tokens, more than the "
+                             f"model's context_length={c.context_length}")
+
+    def _check_id_values(self, input_ids: Tensor, fn: str, name: str = "input_ids") -> None:
+        """Token ids in ``[0, vocab_size)``: reads the values (a device sync off the CPU)."""
         low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= c.vocab_size:
-            raise ValueError(f"{fn}: {name} must lie in [0, vocab_size={c.vocab_size}), "
-                             f"got values from {low} to {high}")
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(f"{fn}: {name} must lie in [0, vocab_size="
+                             f"{self.config.vocab_size}), got values from {low} to {high}")
 
     # -- forward ----------------------------------------------------------------------
 
@@ -450,10 +460,6 @@ class MultimodalGPT(nn.Module):
         """Image tokens ``(B, N, dim)``, in the decoder's width."""
         self._check_images(images, "MultimodalGPT.encode_images")
         return self.encoder(images)
-
-    def logits_from_hidden(self, hidden: Tensor) -> Tensor:
-        """The decoder's final layer norm and head: ``(B, T, dim)`` -> ``(B, T, vocab)``."""
-        return self.decoder.head(self.decoder.ln_f(hidden))
 
     def forward(self, images: Tensor, input_ids: Tensor, labels: Optional[Tensor] = None
                 ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -463,24 +469,28 @@ class MultimodalGPT(nn.Module):
         """
         fn = "MultimodalGPT.forward"
         self._check_images(images, fn)
-        self._check_ids(input_ids, images.shape[0], 0, fn)
+        self._check_ids(input_ids, images.shape[0], fn)
+        if on_host(input_ids):  # reading values on an accelerator would stall every step
+            self._check_id_values(input_ids, fn)
         if labels is not None:
-            if not isinstance(labels, Tensor) or labels.shape != input_ids.shape:
-                raise ValueError(f"{fn}: labels must have input_ids' shape "
-                                 f"{tuple(input_ids.shape)} (not shifted; -100 = ignore), "
-                                 f"got {_describe(labels)}")
-            if labels.is_floating_point() or labels.dtype == torch.bool:
-                raise TypeError(f"{fn}: labels must hold integer token ids, got "
-                                f"{labels.dtype}")
-            if not bool((labels[:, 1:] != IGNORE_INDEX).any()):  # the mean of nothing is NaN
-                raise ValueError(f"{fn}: labels has no token to predict (every label after "
-                                 f"the first is {IGNORE_INDEX})")
+            self._check_labels(labels, input_ids, fn)
         hidden = self.fusion(self.decoder, self.encoder(images), input_ids)
-        logits = self.logits_from_hidden(hidden)
-        loss = None
-        if labels is not None:  # position t predicts token t + 1
-            loss = cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index=IGNORE_INDEX)
-        return logits, loss
+        logits = self.decoder.logits(hidden)
+        if labels is None:
+            return logits, None
+        loss = cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index=IGNORE_INDEX)
+        return logits, loss  # position t predicts token t + 1
+
+    def _check_labels(self, labels, input_ids: Tensor, fn: str) -> None:
+        if not isinstance(labels, Tensor) or labels.shape != input_ids.shape:
+            raise ValueError(f"{fn}: labels must have input_ids' shape "
+                             f"{tuple(input_ids.shape)} (not shifted; -100 = ignore), "
+                             f"got {describe(labels)}")
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise TypeError(f"{fn}: labels must hold integer token ids, got {labels.dtype}")
+        if on_host(labels) and not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+            raise ValueError(f"{fn}: labels has no token to predict (every label after "  # a
+                             f"the first is {IGNORE_INDEX})")  # mean of nothing is NaN
 
     # -- generation -------------------------------------------------------------------
 
@@ -506,19 +516,16 @@ class MultimodalGPT(nn.Module):
         """
         fn = "MultimodalGPT.generate"
         self._check_images(images, fn)
-        self._check_ids(prompt_ids, images.shape[0], 0, fn, "prompt_ids")
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
-                or max_new_tokens < 0:
-            raise ValueError(f"{fn}: max_new_tokens must be an int >= 0, got "
-                             f"{max_new_tokens!r}")
+        self._check_ids(prompt_ids, images.shape[0], fn, "prompt_ids")
+        self._check_id_values(prompt_ids, fn, "prompt_ids")  # once per call
+        integer(max_new_tokens, "max_new_tokens", fn, minimum=0)
         limit = self.config.context_length
         if prompt_ids.shape[1] + max_new_tokens > limit:
             raise ValueError(f"{fn}: a prompt of {prompt_ids.shape[1]} tokens plus "
                              f"max_new_tokens={max_new_tokens} is more than the model's "
                              f"context_length={limit}")
-        _check_sampling(temperature, top_k, top_p, fn)
-        if eos_id is not None and not (isinstance(eos_id, int) and not isinstance(eos_id, bool)
-                                       and 0 <= eos_id < self.config.vocab_size):
+        check_sampling(temperature, top_k, top_p, fn)
+        if eos_id is not None and not (is_int(eos_id) and 0 <= eos_id < self.config.vocab_size):
             raise ValueError(f"{fn}: eos_id must be None or a token id below vocab_size="
                              f"{self.config.vocab_size}, got {eos_id!r}")
         check_pixels(images, fn)  # once per call, not per generated token
@@ -532,7 +539,7 @@ class MultimodalGPT(nn.Module):
             for step in range(max_new_tokens):
                 new = ids if (cache is None or step == 0) else ids[:, -1:]
                 hidden = self.fusion(self.decoder, image_tokens, new, cache)
-                logits = self.logits_from_hidden(hidden[:, -1])
+                logits = self.decoder.logits(hidden[:, -1])
                 logits[:, self.config.image_token_id] = float("-inf")  # never an <image>
                 next_id = sample_next(logits, temperature, top_k, top_p, generator)
                 if eos_id is not None:
@@ -547,43 +554,28 @@ class MultimodalGPT(nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------
 
-    def save(self, path) -> None:
-        """Write the config and the weights to ``path`` atomically.
-
-        The file is first written in full to a temporary file in the same folder and
-        then renamed over ``path`` (``os.replace``), so ``path`` always holds either the
-        old checkpoint or the new one, never half of one.
-        """
-        save_atomic({"format": CHECKPOINT_FORMAT, "version": 1,
-                     "config": dataclasses.asdict(self.config),
-                     "state_dict": self.state_dict()}, path)
-
     @classmethod
-    def load(cls, path, config: Optional[MultimodalGPTConfig] = None,
-             map_location="cpu") -> "MultimodalGPT":
-        """A model with the config and weights saved at ``path`` by :meth:`save`.
-
-        Read with ``torch.load(weights_only=True)``: only tensors and plain values, no
-        code. ``config``, if given, is the config the caller expects; a checkpoint with
-        another one is refused with the fields that differ. A truncated or foreign file,
-        or weights that do not fit the stored config, raise ``ValueError`` too.
-        """
-        fn = "MultimodalGPT.load"
-        path = os.fspath(path)
-        checkpoint = load_weights_only(path, fn, map_location)
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{fn}: {path} is not a MultimodalGPT checkpoint (no "
-                             f"format={CHECKPOINT_FORMAT!r}; was it written by "
-                             f"MultimodalGPT.save?)")
-        if checkpoint.get("version") != 1:
-            raise ValueError(f"{fn}: {path} has checkpoint version "
-                             f"{checkpoint.get('version')!r}; this mmgpt reads version 1")
-        stored = checkpoint.get("config")
+    def from_checkpoint(cls, checkpoint: dict, config: Optional[MultimodalGPTConfig] = None,
+                        *, where: str = "the checkpoint",
+                        fn: str = "MultimodalGPT.from_checkpoint") -> "MultimodalGPT":
+        """The model a checkpoint dict holds: one written by :meth:`save`, or a training
+        checkpoint of ``mmgpt.train``. ``config``, if given, is the config the caller
+        expects: a checkpoint with another one is refused with the fields that differ.
+        Weights that do not fit the stored config (what ``load_state_dict(strict=True)``
+        finds: a missing or unexpected key, a wrong shape) raise ``ValueError`` naming
+        ``where``."""
+        kind = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+        if kind not in MODEL_KEYS:
+            raise ValueError(f"{fn}: {where} is not a MultimodalGPT checkpoint (no format "
+                             f"in {list(MODEL_KEYS)}; was it written by MultimodalGPT.save "
+                             f"or mmgpt.train?)")
+        config_key, weights_key = MODEL_KEYS[kind]
+        stored = checkpoint.get(config_key)
         fields = {f.name for f in dataclasses.fields(MultimodalGPTConfig)}
         if not isinstance(stored, dict) or set(stored) != fields:
             unknown = sorted(set(stored or {}) - fields)
             missing = sorted(fields - set(stored or {}))
-            raise ValueError(f"{fn}: {path} holds a config this mmgpt cannot read "
+            raise ValueError(f"{fn}: {where} holds a config this mmgpt cannot read "
                              f"(unknown fields {unknown}, missing fields {missing})")
         stored = MultimodalGPTConfig(**stored)
         if config is not None:
@@ -594,24 +586,37 @@ class MultimodalGPT(nn.Module):
                     f"{getattr(config, name)!r}"
                     for name in sorted(fields) if getattr(stored, name) != getattr(config, name)]
             if diff:
-                raise ValueError(f"{fn}: the checkpoint at {path} does not fit the config "
-                                 f"asked for; it differs in " + "; ".join(diff))
+                raise ValueError(f"{fn}: {where} does not fit the config asked for; it "
+                                 f"differs in " + "; ".join(diff))
         model = cls(stored)
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, dict):
-            raise ValueError(f"{fn}: {path} holds no state_dict")
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = [f"{k}: {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}"
-                 for k in expected if k in state and isinstance(state[k], Tensor)
-                 and state[k].shape != expected[k].shape]
-        if missing or unexpected or wrong:
-            raise ValueError(f"{fn}: the weights in {path} do not fit its config: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shapes "
-                             f"{wrong[:5]}")
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(checkpoint.get(weights_key))  # strict: every key and shape
+        except (RuntimeError, TypeError) as err:  # its message: one problem per line
+            problems = "; ".join(line.strip() for line in str(err).splitlines()[1:])
+            raise ValueError(f"{fn}: the weights in {where} do not fit its config: "
+                             f"{problems or err}") from None
         return model
+
+    def save(self, path) -> None:
+        """Write the config and the weights to ``path`` atomically.
+
+        The file is first written in full to a temporary file in the same folder and
+        then renamed over ``path`` (``os.replace``), so ``path`` always holds either the
+        old checkpoint or the new one, never half of one.
+        """
+        save_atomic({"format": CHECKPOINT_FORMAT, "version": 1,
+                     "config": config_dict(self.config), "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load(cls, path, config: Optional[MultimodalGPTConfig] = None,
+             map_location="cpu") -> "MultimodalGPT":
+        """The model saved at ``path`` by :meth:`save`, or by ``mmgpt.train`` (its
+        ``checkpoint.pt``), read with ``torch.load(weights_only=True)``: only tensors and
+        plain values, no code. ``config`` and the errors: as :meth:`from_checkpoint`; a
+        truncated or foreign file raises ``ValueError`` too."""
+        fn = "MultimodalGPT.load"
+        checkpoint = load_weights_only(path, fn, map_location)
+        return cls.from_checkpoint(checkpoint, config, where=os.fspath(path), fn=fn)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -639,9 +644,7 @@ def generate_text(model: MultimodalGPT, tokenizer, image: Tensor,
     """The model's answer to ``question`` about ``image`` (a ``(C, H, W)`` tensor), or its
     caption when there is no question, as text up to ``<eos>``. Greedy by default
     (``temperature=0``); ``max_new_tokens`` defaults to what the context leaves."""
-    fn = "generate_text"
-    if not isinstance(image, Tensor) or image.dim() != 3:
-        raise ValueError(f"{fn}: image must be one (C, H, W) tensor, got {_describe(image)}")
+    tensor(image, "image", "generate_text", ndim=(3,), layout="one (C, H, W) tensor")
     prompt = torch.tensor([prompt_ids(tokenizer, question)], device=image.device)
     if max_new_tokens is None:
         max_new_tokens = model.config.context_length - prompt.shape[1]

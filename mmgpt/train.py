@@ -455,12 +455,11 @@ def config_from_checkpoint(ckpt: dict, where: str = "the checkpoint") -> TrainCo
 def model_from_checkpoint(ckpt: dict) -> Tuple[MultimodalGPT, BPETokenizer]:
     """The model (eval mode, on the CPU) and the tokenizer stored in a training checkpoint,
     checked to belong together: a tokenizer with another vocabulary than the model's, or
-    weights that are not finite, would evaluate to a wrong number without a word."""
-    for key in ("model_config", "model", "tokenizer"):
-        if key not in ckpt:
-            raise ValueError(f"model_from_checkpoint: the checkpoint has no {key!r}")
-    model = MultimodalGPT(MultimodalGPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    weights that are not finite, would evaluate to a wrong number without a word. The model
+    is read as ``MultimodalGPT.load`` reads it (:meth:`MultimodalGPT.from_checkpoint`)."""
+    model = MultimodalGPT.from_checkpoint(ckpt, fn="model_from_checkpoint")
+    if "tokenizer" not in ckpt:
+        raise ValueError("model_from_checkpoint: the checkpoint has no 'tokenizer'")
     tokenizer = BPETokenizer(merges=ckpt["tokenizer"]["merges"])
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"model_from_checkpoint: the checkpoint's tokenizer has "

@@ -11,7 +11,9 @@ Chapter 07 builds these on top of Chapter 06's :class:`~mmgpt.attention.MultiHea
 * :class:`GPTConfig` and :class:`GPT`: token and learned position embeddings, a stack of
   blocks, a final layer norm and a language-model head whose weight is *the same tensor*
   as the token embedding (tied). ``forward`` returns logits and, given targets, the
-  cross-entropy loss; a sequence longer than the context raises ``ValueError``;
+  cross-entropy loss; a sequence longer than the context raises ``ValueError``. Its three
+  stages are methods, :meth:`GPT.embed`, :meth:`GPT.run_blocks` and :meth:`GPT.logits`,
+  that Chapter 08's fusions call in their own order;
 * :func:`filter_logits` (top-k, top-p) and :func:`sample_next` (greedy, temperature,
   top-k, top-p) choose the next token; :meth:`GPT.generate` repeats that, with or without
   a KV cache, and the two give the same tokens.
@@ -22,14 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import integer, is_int, is_number, number, positive_int, probability, tensor
 from .attention import KVCache, MultiHeadAttention
+from .loss import IGNORE_INDEX
 
 __all__ = [
     "layer_norm",
@@ -38,6 +41,8 @@ __all__ = [
     "Block",
     "GPTConfig",
     "GPT",
+    "init_weights",
+    "check_sampling",
     "filter_logits",
     "sample_next",
 ]
@@ -56,8 +61,7 @@ def _normalized_shape(normalized_shape: ShapeLike, fn: str) -> Tuple[int, ...]:
         shape = tuple(shape)
     except TypeError:
         shape = None
-    if (not shape or any(not isinstance(n, int) or isinstance(n, bool) or n < 1
-                         for n in shape)):
+    if not shape or not all(is_int(n) and n >= 1 for n in shape):
         raise TypeError(f"{fn}: normalized_shape must be a positive int or a non-empty "
                         f"sequence of positive ints, got {normalized_shape!r}")
     return shape
@@ -78,8 +82,7 @@ def layer_norm(x: torch.Tensor, normalized_shape: ShapeLike,
     so a token is normalized the same way in training and at inference, alone or not.
     """
     fn = "layer_norm"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn}: x must be a tensor, got {type(x).__name__}")
+    tensor(x, "x", fn)
     shape = _normalized_shape(normalized_shape, fn)
     if tuple(x.shape[x.dim() - len(shape):]) != shape or x.dim() < len(shape):
         raise ValueError(f"{fn}: x's last dimensions must be normalized_shape={list(shape)}, "
@@ -88,8 +91,7 @@ def layer_norm(x: torch.Tensor, normalized_shape: ShapeLike,
         if p is not None and tuple(p.shape) != shape:
             raise ValueError(f"{fn}: {name} must have shape normalized_shape="
                              f"{list(shape)}, got {tuple(p.shape)}")
-    if not isinstance(eps, Real) or isinstance(eps, bool) or eps < 0:
-        raise ValueError(f"{fn}: eps must be a number >= 0, got {eps!r}")
+    number(eps, "eps", fn, low=0)
     dims = tuple(range(-len(shape), 0))
     mean = x.mean(dim=dims, keepdim=True)
     var = (x - mean).pow(2).mean(dim=dims, keepdim=True)  # biased, as PyTorch's
@@ -115,9 +117,7 @@ class LayerNorm(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         self.normalized_shape = _normalized_shape(normalized_shape, "LayerNorm")
-        if not isinstance(eps, Real) or isinstance(eps, bool) or eps < 0:
-            raise ValueError(f"LayerNorm: eps must be a number >= 0, got {eps!r}")
-        self.eps = eps
+        self.eps = number(eps, "eps", "LayerNorm", low=0)
         self.elementwise_affine = elementwise_affine
         factory = dict(device=device, dtype=dtype)
         if elementwise_affine:
@@ -140,18 +140,6 @@ class LayerNorm(nn.Module):
 # MLP and block
 # --------------------------------------------------------------------------------------
 
-def _positive_int(value, name: str, fn: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-    return value
-
-
-def _probability(value, name: str, fn: str) -> float:
-    if not isinstance(value, Real) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"{fn}: {name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
 class MLP(nn.Module):
     """The feed-forward half of a block, applied to every position on its own.
 
@@ -163,11 +151,11 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: Optional[int] = None, dropout: float = 0.0,
                  bias: bool = True):
         super().__init__()
-        _positive_int(dim, "dim", "MLP")
-        hidden = 4 * dim if hidden is None else _positive_int(hidden, "hidden", "MLP")
+        positive_int(dim, "dim", "MLP")
+        hidden = 4 * dim if hidden is None else positive_int(hidden, "hidden", "MLP")
         self.fc = nn.Linear(dim, hidden, bias=bias)
         self.proj = nn.Linear(hidden, dim, bias=bias)
-        self.dropout = nn.Dropout(_probability(dropout, "dropout", "MLP"))
+        self.dropout = nn.Dropout(probability(dropout, "dropout", "MLP"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(F.gelu(self.fc(x))))
@@ -192,7 +180,7 @@ class Block(nn.Module):
         self.ln_1 = LayerNorm(dim, bias=bias)
         self.attn = MultiHeadAttention(dim, num_heads, dropout=dropout, bias=bias,
                                        fused=fused)
-        self.dropout = nn.Dropout(_probability(dropout, "dropout", "Block"))
+        self.dropout = nn.Dropout(probability(dropout, "dropout", "Block"))
         self.ln_2 = LayerNorm(dim, bias=bias)
         self.mlp = MLP(dim, mlp_hidden, dropout=dropout, bias=bias)
 
@@ -235,11 +223,20 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "dim", "num_layers", "num_heads"):
-            _positive_int(getattr(self, name), name, "GPTConfig")
+            positive_int(getattr(self, name), name, "GPTConfig")
         if self.dim % self.num_heads:
             raise ValueError(f"GPTConfig: dim must be divisible by num_heads, got "
                              f"dim={self.dim} and num_heads={self.num_heads}")
-        _probability(self.dropout, "dropout", "GPTConfig")
+        probability(self.dropout, "dropout", "GPTConfig")
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation, for ``model.apply(init_weights)``: linear and embedding
+    weights from N(0, 0.02), biases at zero."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class GPT(nn.Module):
@@ -250,6 +247,12 @@ class GPT(nn.Module):
     tokens ``0..t`` only (a causal mask hides the future). With ``targets`` (``idx``
     shifted left by one, ``-100`` where there is nothing to predict) it also returns the
     mean cross-entropy.
+
+    ``forward`` is three stages, each a method: :meth:`embed` (token plus position
+    embeddings), :meth:`run_blocks` (the blocks, causal, with an optional mask and KV
+    cache) and :meth:`logits` (final layer norm and head). A fusion of Chapter 08 calls
+    them in its own way: it splices the image tokens in after the token embedding, or
+    runs a cross-attention layer between the blocks, or adds the image before the head.
     """
 
     def __init__(self, config: GPTConfig):
@@ -265,19 +268,12 @@ class GPT(nn.Module):
             for _ in range(c.num_layers))
         self.ln_f = LayerNorm(c.dim, bias=c.bias)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         for block in self.blocks:  # GPT-2: residual branches start small, 1/sqrt(2L)
             for linear in (block.mlp.proj, block.attn.out_proj):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * c.num_layers))
         if c.tie_weights:
             self.head.weight = self.tok_emb.weight  # one tensor, two uses
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Number of parameters, a tied matrix counted once.
@@ -297,9 +293,7 @@ class GPT(nn.Module):
         return [KVCache() for _ in self.blocks]
 
     def _check_idx(self, idx, past: int, fn: str, check_length: bool = True) -> None:
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"{fn}: idx must be a tensor of token ids, got "
-                            f"{type(idx).__name__}")
+        tensor(idx, "idx", fn)
         if idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError(f"{fn}: idx must be 2-D (batch, time) with at least one "
                              f"token, got shape {tuple(idx.shape)}")
@@ -312,6 +306,40 @@ class GPT(nn.Module):
             raise ValueError(f"{fn}: the sequence has {total} tokens{cached}, more than "
                              f"the model's context_length={limit}; crop it to the last "
                              f"{limit} tokens (generate() does)")
+
+    def embed(self, idx: torch.Tensor, past: int = 0) -> torch.Tensor:
+        """Token ids ``(B, T)`` -> their token plus position embeddings ``(B, T, dim)``,
+        the first token at position ``past`` (the number of tokens already cached)."""
+        return self.add_positions(self.tok_emb(idx), past)
+
+    def add_positions(self, x: torch.Tensor, past: int = 0) -> torch.Tensor:
+        """``x`` ``(B, T, dim)`` plus the embeddings of positions ``past .. past + T - 1``,
+        then dropout: what :meth:`embed` does after the token lookup."""
+        T, limit = x.shape[1], self.pos_emb.num_embeddings
+        if past + T > limit:  # a shape check: no sync
+            raise ValueError(f"GPT: the sequence would reach position {past + T}, past the "
+                             f"model's {limit} position embeddings")
+        positions = torch.arange(past, past + T, device=x.device)
+        return self.dropout(x + self.pos_emb(positions))
+
+    def run_blocks(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                   caches: Optional[List[KVCache]] = None, start: int = 0,
+                   stop: Optional[int] = None) -> torch.Tensor:
+        """``x`` ``(B, T, dim)`` through the blocks ``start .. stop - 1`` (all by default).
+
+        Causal attention, or ``attn_mask`` (True = may attend, ``(B, 1, T, S)``) in its
+        place. With ``caches`` (one per block, from :meth:`new_caches`) ``x`` comes after
+        the tokens already cached, and its keys and values are added to them.
+        """
+        if caches is None:
+            caches = [None] * len(self.blocks)
+        for block, cache in zip(self.blocks[start:stop], caches[start:stop]):
+            x = block(x, attn_mask=attn_mask, is_causal=attn_mask is None, cache=cache)
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The final layer norm and the head: ``(B, T, dim)`` -> ``(B, T, vocab_size)``."""
+        return self.head(self.ln_f(x))
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
                 caches: Optional[List[KVCache]] = None
@@ -328,20 +356,16 @@ class GPT(nn.Module):
                              f"({len(self.blocks)}), got {len(caches)}")
         past = len(caches[0]) if caches else 0
         self._check_idx(idx, past, "GPT.forward")
-        B, T = idx.shape
-        positions = torch.arange(past, past + T, device=idx.device)
-        x = self.dropout(self.tok_emb(idx) + self.pos_emb(positions))
-        for i, block in enumerate(self.blocks):  # causal; with caches, after the cached
-            x = block(x, cache=None if caches is None else caches[i])
-        logits = self.head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-                got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else targets
-                raise ValueError(f"GPT.forward: targets must have idx's shape "
-                                 f"{tuple(idx.shape)}, got {got}")
-            loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T),
-                                   ignore_index=-100)
+        x = self.embed(idx, past)
+        x = self.run_blocks(x, caches=caches)
+        logits = self.logits(x)
+        if targets is None:
+            return logits, None
+        if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+            got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else targets
+            raise ValueError(f"GPT.forward: targets must have idx's shape "
+                             f"{tuple(idx.shape)}, got {got}")
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     @torch.no_grad()
@@ -365,11 +389,8 @@ class GPT(nn.Module):
         """
         fn = "GPT.generate"
         self._check_idx(idx, 0, fn, check_length=False)  # a long prompt is cropped
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
-                or max_new_tokens < 0:
-            raise ValueError(f"{fn}: max_new_tokens must be an int >= 0, got "
-                             f"{max_new_tokens!r}")
-        _check_sampling(temperature, top_k, top_p, fn)
+        integer(max_new_tokens, "max_new_tokens", fn, minimum=0)
+        check_sampling(temperature, top_k, top_p, fn)
         limit = self.config.context_length
         was_training = self.training
         self.eval()
@@ -400,16 +421,14 @@ class GPT(nn.Module):
 # Sampling
 # --------------------------------------------------------------------------------------
 
-def _check_sampling(temperature, top_k, top_p, fn: str) -> None:
-    if (not isinstance(temperature, Real) or isinstance(temperature, bool)
-            or not math.isfinite(temperature) or temperature < 0):
+def check_sampling(temperature, top_k, top_p, fn: str) -> None:
+    """The sampling settings of :func:`sample_next`, checked where every ``generate`` starts."""
+    if not (is_number(temperature) and temperature >= 0):
         raise ValueError(f"{fn}: temperature must be a finite number >= 0 (0 means "
                          f"greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool)
-                              or top_k < 1):
+    if top_k is not None and not (is_int(top_k) and top_k >= 1):
         raise ValueError(f"{fn}: top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, Real) or isinstance(top_p, bool)
-                              or not 0 < top_p <= 1):
+    if top_p is not None and not (is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"{fn}: top_p must be None or a number in (0, 1], got {top_p!r}")
 
 
@@ -426,7 +445,7 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None,
     Applied in that order, top-p on what top-k left. The last dimension is the
     vocabulary.
     """
-    _check_sampling(1.0, top_k, top_p, "filter_logits")
+    check_sampling(1.0, top_k, top_p, "filter_logits")
     vocab = logits.shape[-1]
     if top_k is not None and top_k < vocab:
         keep = torch.zeros_like(logits, dtype=torch.bool)
@@ -457,14 +476,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0,
       generator gives the same tokens every time).
     """
     fn = "sample_next"
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{fn}: logits must be a tensor, got {type(logits).__name__}")
+    tensor(logits, "logits", fn)
     if not logits.is_floating_point():
         raise TypeError(f"{fn}: logits must be floating point, got dtype {logits.dtype}")
     if logits.dim() == 0 or logits.shape[-1] == 0:
         raise ValueError(f"{fn}: logits must have a non-empty last (vocabulary) "
                          f"dimension, got shape {tuple(logits.shape)}")
-    _check_sampling(temperature, top_k, top_p, fn)
+    check_sampling(temperature, top_k, top_p, fn)
     if torch.isnan(logits).any() or not torch.isfinite(logits).any(-1).all() \
             or (logits == float("inf")).any():
         raise ValueError(f"{fn}: logits must be finite or -inf (a banned token), with at "

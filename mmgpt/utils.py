@@ -14,13 +14,15 @@ import shutil
 import numpy as np
 import torch
 
+from ._checks import is_int
+
 __all__ = ["seed_everything", "get_device", "autocast_dtype", "setup", "save_atomic",
            "check_pixels"]
 
 
 def seed_everything(seed: int = 0) -> None:
     """Seed Python's, NumPy's and PyTorch's random number generators (all devices)."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     random.seed(seed)
     np.random.seed(seed % 2**32)

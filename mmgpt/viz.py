@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._checks import describe, is_int, positive_int
 from .attention import MultiHeadAttention
 from .data.shapes import BACKGROUND, Scene, ShapeObject, render_scene
 from .fusion import PrefixFusion, splice_image_tokens
@@ -43,12 +44,6 @@ __all__ = [
     "overlay_attention",
     "plot_confusion",
 ]
-
-
-def _describe(x) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-    return f"{type(x).__name__} {x!r:.60}"
 
 
 # --------------------------------------------------------------------------------------
@@ -128,7 +123,7 @@ class AttentionMaps:
                 or bool((positions >= self.text_index.shape[1]).any()):
             raise ValueError(f"AttentionMaps: text_positions must hold one position in "
                              f"0..{self.text_index.shape[1] - 1} per sample ({B}), got "
-                             f"{_describe(text_positions)}")
+                             f"{describe(text_positions)}")
         query = self.text_index.gather(1, positions[:, None])[:, 0]  # (B,)
         rows = matrix[..., torch.arange(B), query, :]  # (..., B, L)
         keys = self.is_image.nonzero()[:, 1].reshape(B, -1)  # (B, N): image positions
@@ -186,7 +181,7 @@ def attention_rollout(attentions: Tensor, residual: bool = True) -> Tensor:
     if not isinstance(attentions, Tensor) or not attentions.is_floating_point() \
             or attentions.dim() < 3 or attentions.shape[-1] != attentions.shape[-2]:
         raise ValueError(f"{fn}: attentions must be a float tensor (layers, ..., L, L) of "
-                         f"square attention matrices, got {_describe(attentions)}")
+                         f"square attention matrices, got {describe(attentions)}")
     if bool((attentions < 0).any()) or bool(((attentions.sum(-1) - 1).abs() > 1e-4).any()):
         raise ValueError(f"{fn}: attentions must hold attention weights (rows of "
                          f"non-negative numbers that sum to 1)")
@@ -210,9 +205,7 @@ def object_mask(obj: ShapeObject, image_size: int) -> Tensor:
     if not isinstance(obj, ShapeObject):
         raise TypeError(f"object_mask: obj must be a ShapeObject (from a Scene), got "
                         f"{type(obj).__name__}")
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise ValueError(f"object_mask: image_size must be a positive int, got "
-                         f"{image_size!r}")
+    positive_int(image_size, "image_size", "object_mask")
     pixels = np.asarray(render_scene(Scene(image_size, (obj,))))
     return torch.from_numpy((pixels != np.array(BACKGROUND)).any(-1))
 
@@ -228,9 +221,9 @@ def token_coverage(mask: Tensor, grid: Tuple[int, int]) -> Tensor:
     fn = "token_coverage"
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
         raise TypeError(f"{fn}: mask must be a 2-D boolean tensor (H, W), got "
-                        f"{_describe(mask)}")
-    if not (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(
-            isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
+                        f"{describe(mask)}")
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2
+            and all(is_int(g) and g > 0 for g in grid)):
         raise ValueError(f"{fn}: grid must be (rows, cols) of positive ints, got {grid!r}")
     H, W = mask.shape
     rows, cols = grid
@@ -253,7 +246,7 @@ def object_share(attention: Tensor, coverage: Tensor) -> Tensor:
     for name, x in (("attention", attention), ("coverage", coverage)):
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
             raise TypeError(f"{fn}: {name} must be a float tensor (..., N), got "
-                            f"{_describe(x)}")
+                            f"{describe(x)}")
     if attention.shape[-1] != coverage.shape[-1]:
         raise ValueError(f"{fn}: attention and coverage must have the same number of image "
                          f"tokens N (last dimension), got {attention.shape[-1]} and "
@@ -282,7 +275,7 @@ def answer_questions(model, tokenizer, samples: Sequence[dict], *,
 
     if not isinstance(samples, (list, tuple)) or not samples:
         raise ValueError(f"answer_questions: samples must be a non-empty list of samples, "
-                         f"got {_describe(samples)}")
+                         f"got {describe(samples)}")
     prompts = [prompt_ids(tokenizer, s["question"]) for s in samples]
     answers: List[Optional[str]] = [None] * len(samples)
     by_length: dict = {}
@@ -339,11 +332,11 @@ def overlay_attention(ax, image: Tensor, weights: Tensor, grid: Tuple[int, int],
     outlines an object. Returns the heat map's ``AxesImage`` (for a colour bar)."""
     fn = "overlay_attention"
     if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"{fn}: image must be a (3, H, W) tensor, got {_describe(image)}")
+        raise ValueError(f"{fn}: image must be a (3, H, W) tensor, got {describe(image)}")
     rows, cols = grid
     if not isinstance(weights, Tensor) or weights.numel() != rows * cols:
         raise ValueError(f"{fn}: weights must hold rows * cols = {rows * cols} numbers, got "
-                         f"{_describe(weights)}")
+                         f"{describe(weights)}")
     H, W = image.shape[1:]
     heat = weights.detach().float().reshape(rows, cols).cpu().numpy()
     ax.imshow(image.detach().permute(1, 2, 0).cpu().numpy(), extent=(0, W, H, 0))

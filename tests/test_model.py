@@ -379,3 +379,53 @@ def test_prompt_ids_and_generate_text_follow_collate_and_generate():
     assert generate_text(model, tok, sample["image"], max_new_tokens=0) == ""
     with pytest.raises(ValueError, match="image must be one \\(C, H, W\\) tensor"):
         generate_text(model, tok, sample["image"][None], "what color is the square?")
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived config values, one checkpoint reader, no value reads on the per-step path
+# ---------------------------------------------------------------------------------------------
+
+def test_derived_config_values_are_derived_again_by_replace():
+    small = MultimodalGPTConfig(image_size=32)
+    big = dataclasses.replace(small, image_size=64)
+    assert big == MultimodalGPTConfig(image_size=64)  # not the 32-pixel widths and patches
+    assert big.cnn_widths == (16, 32, 64, 128) and big.patch_size == 16
+    chosen = MultimodalGPTConfig(image_size=32, cnn_widths=(8, 16), patch_size=4)
+    kept = dataclasses.replace(chosen, image_size=64)  # values given are kept
+    assert kept.cnn_widths == (8, 16) and kept.patch_size == 4
+    # a saved config (plain values) loads as the same config
+    from mmgpt.model import config_dict
+    assert MultimodalGPTConfig(**config_dict(big)) == big
+    assert config_dict(big)["cnn_widths"] == [16, 32, 64, 128]
+
+
+def test_load_reads_a_training_checkpoint_with_the_same_checks(tmp_path):
+    from mmgpt.model import MODEL_KEYS, config_dict
+    from mmgpt.train import CHECKPOINT_FORMAT
+
+    model = _model("late").eval()
+    config_key, weights_key = MODEL_KEYS[CHECKPOINT_FORMAT]  # what mmgpt.train writes
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "step": 3,
+                config_key: config_dict(model.config), weights_key: model.state_dict(),
+                "optimizer": {}}, path)
+    images, ids = _batch()
+    loaded = MultimodalGPT.load(path, config=model.config).eval()
+    assert torch.equal(loaded(images, ids)[0], model(images, ids)[0])
+    state = dict(model.state_dict())
+    del state["decoder.ln_f.weight"]
+    with pytest.raises(ValueError, match=r"checkpoint: the weights in .* do not fit its config: "
+                                         r"Missing key.*decoder.ln_f.weight"):
+        MultimodalGPT.from_checkpoint({"format": CHECKPOINT_FORMAT, config_key:
+                                       config_dict(model.config), weights_key: state})
+
+
+@pytest.mark.parametrize("fusion", ["cross", "late"])
+def test_a_training_step_reads_no_value_off_the_cpu(fusion):
+    # Meta tensors have shapes but no values: reading one (int(), bool(), .item()) raises,
+    # as it would stall an accelerator. Prefix fusion reads one number per batch (how many
+    # placeholders a row holds decides the spliced length); the other fusions read none.
+    model = _model(fusion).to("meta")
+    images, ids = _batch()
+    logits, loss = model(images.to("meta"), ids.to("meta"), ids.to("meta"))
+    assert logits.shape == (3, 10, V) and loss.shape == ()

@@ -435,3 +435,30 @@ def test_bad_logits_raise():
         sample_next(torch.tensor([0.0, float("nan")]))
     with pytest.raises(ValueError, match="row of -inf"):
         sample_next(torch.full((2, 3), float("-inf")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder's stages, as the fusions call them
+# ---------------------------------------------------------------------------------------------
+
+def test_forward_is_embed_then_run_blocks_then_logits():
+    model = _tiny(num_layers=3).eval()
+    idx = torch.randint(0, 37, (2, 11), generator=torch.Generator().manual_seed(0))
+    logits, _ = model(idx)
+    assert torch.equal(model.logits(model.run_blocks(model.embed(idx))), logits)
+    # the blocks in pieces (as cross-attention fusion runs them) are the blocks at once
+    x = model.embed(idx)
+    pieces = model.run_blocks(model.run_blocks(x, start=0, stop=2), start=2)
+    assert torch.equal(pieces, model.run_blocks(x))
+    # with caches: a prompt, then one token at a time
+    caches = model.new_caches()
+    steps = [model.run_blocks(model.embed(idx[:, :6]), caches=caches)]
+    steps += [model.run_blocks(model.embed(idx[:, t:t + 1], past=t), caches=caches)
+              for t in range(6, 11)]
+    assert_close(model.logits(torch.cat(steps, dim=1)), logits, "cached stages", 1e-5)
+
+
+def test_add_positions_refuses_positions_past_the_table():
+    model = _tiny()  # 24 positions
+    with pytest.raises(ValueError, match="reach position 25, past the model's 24 position"):
+        model.embed(torch.zeros(1, 5, dtype=torch.long), past=20)
