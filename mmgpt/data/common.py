@@ -19,7 +19,7 @@ from PIL import Image
 from .._checks import is_int
 
 __all__ = ["Rng", "NUMBER_WORDS", "BILINEAR", "SPLITS", "sample_seed", "check_range",
-           "check_index"]
+           "check_families", "check_index"]
 
 T = TypeVar("T")
 
@@ -86,6 +86,17 @@ def check_range(value, name: str, owner: str, low: int, high: int) -> Tuple[int,
         raise ValueError(f"{owner}: {name} must be an int or a (min, max) pair with "
                          f"{low} <= min <= max <= {high}, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def check_families(families, known: Tuple[str, ...], owner: str) -> Tuple[str, ...]:
+    """A family or a list of families, each one of ``known``, at least one, as a tuple."""
+    families = (families,) if isinstance(families, str) else tuple(families)
+    for f in families:
+        if f not in known:
+            raise ValueError(f"{owner}: unknown family {f!r}; the families are {known}")
+    if not families:
+        raise ValueError(f"{owner}: families must name at least one family, got none")
+    return families
 
 
 def check_index(index, length: int, owner: str) -> int:

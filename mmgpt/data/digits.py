@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 
 from .. import _checks
-from .common import (BILINEAR, MAX_LENGTH, MAX_SEED, NUMBER_WORDS, Rng, check_index, check_range,
-                     sample_seed)
+from .common import (BILINEAR, MAX_LENGTH, MAX_SEED, NUMBER_WORDS, Rng, check_families,
+                     check_index, check_range, sample_seed)
 
 __all__ = ["DIGIT_FAMILIES", "NUM_TRAIN_SOURCES", "DigitString", "load_digit_sources",
            "DigitStringsDataset"]
@@ -112,15 +112,8 @@ class DigitStringsDataset:
         # 8 pixels (a scan's size) per digit
         self.image_size = _checks.integer(image_size, "image_size", owner, 8 * self.num_digits[1])
         self.cell = image_size // self.num_digits[1]
-        families = DIGIT_FAMILIES if families is None else (
-            (families,) if isinstance(families, str) else tuple(families))
-        for f in families:
-            if f not in DIGIT_FAMILIES:
-                raise ValueError(f"{owner}: unknown family {f!r}; "
-                                 f"the families are {DIGIT_FAMILIES}")
-        if not families:
-            raise ValueError(f"{owner}: families must name at least one family, got none")
-        self.families = families
+        self.families = DIGIT_FAMILIES if families is None else \
+            check_families(families, DIGIT_FAMILIES, owner)
 
     def __len__(self) -> int:
         return self.length

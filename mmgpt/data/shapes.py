@@ -48,8 +48,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from .. import _checks
-from .common import (MAX_LENGTH, MAX_SEED, NUMBER_WORDS, SPLITS, Rng, check_index, check_range,
-                     sample_seed)
+from .common import (MAX_LENGTH, MAX_SEED, NUMBER_WORDS, SPLITS, Rng, check_families,
+                     check_index, check_range, sample_seed)
 
 __all__ = ["COLORS", "SHAPES", "BACKGROUND", "FAMILIES", "DEFAULT_HELDOUT", "ShapeObject",
            "Scene", "render_scene", "ShapesDataset"]
@@ -565,15 +565,11 @@ class ShapesDataset:
         possible = tuple(f for f in FAMILIES if self.num_objects[1] >= 2 or f not in _NEEDS_TWO)
         if families is None:
             return possible
-        families = (families,) if isinstance(families, str) else tuple(families)
-        for f in families:
-            if f not in FAMILIES:
-                raise ValueError(f"{owner}: unknown family {f!r}; the families are {FAMILIES}")
-            if f not in possible:
-                raise ValueError(f"{owner}: family {f!r} needs scenes of two or more objects, "
-                                 f"but num_objects is {self.num_objects}")
-        if not families:
-            raise ValueError(f"{owner}: families must name at least one family, got none")
+        families = check_families(families, FAMILIES, owner)
+        too_few = [f for f in families if f not in possible]  # needs two or more objects
+        if too_few:
+            raise ValueError(f"{owner}: family {too_few[0]!r} needs scenes of two or more "
+                             f"objects, but num_objects is {self.num_objects}")
         return families
 
     def _check_fits(self, owner: str) -> None:
