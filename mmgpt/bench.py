@@ -36,8 +36,8 @@ from torch import nn
 
 from .data import Collate, RenderedPool
 from .model import MultimodalGPT, MultimodalGPTConfig
-from .train import (TrainConfig, _amp_dtype, _train_mode, build_datasets, build_tokenizer,
-                    lr_at, make_loader, make_optimizer, parse_overrides, step_indices,
+from .train import (PRESETS, TrainConfig, amp_dtype, build_datasets, build_tokenizer, lr_at,
+                    make_loader, make_optimizer, parse_overrides, step_indices, train_mode,
                     train_step, usable_workers)
 from .utils import get_device
 
@@ -146,7 +146,7 @@ def bench(config: TrainConfig, steps: int = 20, warmup: int = 5, device=None,
     model = MultimodalGPT(model_config).to(device)
     optimizer = make_optimizer(model, config)
     net = torch.compile(model) if config.compile else model
-    amp = _amp_dtype(config, device)
+    amp = amp_dtype(config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     data = build_datasets(config)["train"]
@@ -154,7 +154,7 @@ def bench(config: TrainConfig, steps: int = 20, warmup: int = 5, device=None,
     batches = [collate([data[i] for i in step_indices(s, config)]) for s in range(4)]
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
                for b in batches]
-    _train_mode(model, config.freeze)
+    train_mode(model, config.freeze)
 
     def one_step(s):
         for group in optimizer.param_groups:
@@ -188,8 +188,6 @@ def bench(config: TrainConfig, steps: int = 20, warmup: int = 5, device=None,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .train import PRESETS
-
     parser = argparse.ArgumentParser(prog="python -m mmgpt.bench",
                                      description="Training speed of a preset on this machine.")
     parser.add_argument("--preset", default="cpu", help=f"one of {sorted(PRESETS)}")

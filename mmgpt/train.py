@@ -50,15 +50,19 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ._checks import integer, items, names, number, one_of
 from .data import Collate, RenderedPool, ShapesDataset, caption_corpus
+from .evaluate import evaluate_splits
 from .loss import cross_entropy
 from .model import IGNORE_INDEX, MultimodalGPT, MultimodalGPTConfig
+from .patches import LearnedPositionEmbedding
 from .tokenizer import BPETokenizer
 from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
 
 __all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "TaskMix", "step_indices", "lr_at",
-           "make_optimizer", "usable_workers", "train_step", "make_loader", "config_from_checkpoint",
-           "build_tokenizer", "build_datasets", "load_checkpoint", "train", "main"]
+           "make_optimizer", "freeze", "train_mode", "amp_dtype", "usable_workers", "train_step",
+           "make_loader", "config_from_checkpoint", "build_tokenizer", "build_datasets",
+           "load_checkpoint", "train", "main"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -113,52 +117,37 @@ class TrainConfig:
 
     def __post_init__(self):
         fn = "TrainConfig"
-        for name in ("image_size", "train_size", "eval_size", "vocab_size", "tokenizer_corpus",
-                     "steps", "batch_size", "eval_every", "ckpt_every", "log_every"):
-            _int(self, name, low=1)
+        for name in ("train_size", "eval_size", "vocab_size", "tokenizer_corpus", "steps",
+                     "batch_size", "eval_every", "ckpt_every", "log_every"):
+            integer(getattr(self, name), name, fn, minimum=1)
         for name in ("warmup_steps", "num_workers", "seed"):
-            _int(self, name, low=0)
-        if self.image_size > 1024:  # a 100,000-pixel image needs 120 GB for one scene
-            raise ValueError(f"{fn}: image_size must be at most 1024 pixels, got {self.image_size}")
-        for name in ("render_once", "compile"):
+            integer(getattr(self, name), name, fn, minimum=0)
+        integer(self.image_size, "image_size", fn, minimum=1, maximum=MAX_IMAGE_SIZE)
+        for name in ("render_once", "compile"):  # spelled as JSON spells them: --set compile=true
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{fn}: {name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "caption_fraction"):
-            _number(self, name)
+        number(self.lr, "lr", fn)
+        number(self.min_lr, "min_lr", fn)
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"{fn}: need 0 < min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
+        number(self.weight_decay, "weight_decay", fn, low=0)
+        number(self.grad_clip, "grad_clip", fn, low=0, low_open=True)
+        number(self.caption_fraction, "caption_fraction", fn, 0, 1)
         if self.max_minutes is not None:
-            _number(self, "max_minutes")
-            if self.max_minutes <= 0:
-                raise ValueError(f"{fn}: max_minutes must be positive or None, got {self.max_minutes!r}")
-        if self.render_once and self.train_size * 3 * self.image_size ** 2 > 16 * 2**30:
+            number(self.max_minutes, "max_minutes", fn, low=0, low_open=True)
+        if self.render_once and self.train_size * 3 * self.image_size ** 2 > RENDER_ONCE_BYTES:
             raise ValueError(f"{fn}: render_once keeps train_size scenes in memory, 3 * "
                              f"image_size**2 bytes each: train_size={self.train_size} at "
                              f"image_size={self.image_size} is over 16 GiB; lower train_size")
-        self.num_objects = _pair(self.num_objects, "num_objects", int)
-        self.betas = _pair(self.betas, "betas", (int, float))
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"{fn}: betas must be two numbers in [0, 1), got {list(self.betas)}")
+        self.num_objects = tuple(integer(n, "num_objects", fn)
+                                 for n in items(self.num_objects, "num_objects", fn, 2, "[2, 6]"))
+        self.betas = tuple(number(b, "betas", fn, 0, 1, high_open=True)
+                           for b in items(self.betas, "betas", fn, 2, "[0.9, 0.98]"))
         if self.families is not None:
-            self.families = _names(self.families, "families")
-        self.freeze = _names(self.freeze, "freeze")
-        if not 0 <= self.caption_fraction <= 1:
-            raise ValueError(f"{fn}: caption_fraction must be in [0, 1], got {self.caption_fraction!r}")
-        if not (0 < self.min_lr <= self.lr):
-            raise ValueError(f"{fn}: need 0 < min_lr <= lr, got lr={self.lr!r}, min_lr={self.min_lr!r}")
-        if self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError(f"{fn}: weight_decay must be >= 0 and grad_clip > 0, got "
-                             f"weight_decay={self.weight_decay!r}, grad_clip={self.grad_clip!r}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"{fn}: amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
-        if not isinstance(self.model, dict):
-            raise ValueError(f"{fn}: model must be a dict of MultimodalGPTConfig overrides, "
-                             f"got {self.model!r}")
-        fixed = {"vocab_size", "image_token_id", "image_size"} & set(self.model)
-        if fixed:
-            raise ValueError(f"{fn}: model must not set {sorted(fixed)}: they come from the "
-                             f"tokenizer and from TrainConfig.image_size")
-        unknown = set(self.model) - {f.name for f in dataclasses.fields(MultimodalGPTConfig)}
-        if unknown:
-            raise ValueError(f"{fn}: model has unknown MultimodalGPTConfig fields {sorted(unknown)}")
+            self.families = names(self.families, "families", fn)
+        self.freeze = names(self.freeze, "freeze", fn)
+        one_of(self.amp, "amp", fn, AMP_MODES)
+        _check_model_overrides(self.model)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TrainConfig":
@@ -167,46 +156,30 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.preset: unknown preset {name!r}; the presets are "
                              f"{sorted(PRESETS)}")
         values = dict(PRESETS[name], preset=name)
-        model = overrides.pop("model", {})
-        if not isinstance(model, dict):
-            raise ValueError(f"TrainConfig: model must be a dict of MultimodalGPTConfig "
-                             f"overrides, got {model!r}")
-        model = dict(values.get("model", {}), **model)
-        values.update(overrides, model=model)
+        model = _check_model_overrides(overrides.pop("model", {}))
+        values.update(overrides, model=dict(values.get("model", {}), **model))
         return cls(**values)
 
 
-def _int(config, name: str, low: int) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        kind = "a positive int" if low == 1 else f"an int >= {low}"
-        raise ValueError(f"TrainConfig: {name} must be {kind}, got {value!r}")
+MAX_IMAGE_SIZE = 1024  # pixels a side; a 100,000-pixel image needs 120 GB for one scene
+RENDER_ONCE_BYTES = 16 * 2**30  # the most render_once may keep in memory
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
-def _number(config, name: str) -> None:
-    """A finite real number: NaN passes every comparison, and a NaN learning rate or clip
-    trains a model of NaNs without a word."""
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"TrainConfig: {name} must be a finite number, got {value!r}")
-
-
-def _pair(value, name: str, kind) -> tuple:
-    if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2
-            or not all(isinstance(v, kind) and not isinstance(v, bool)
-                       and math.isfinite(v) for v in value)):
-        example = "[0.9, 0.98]" if name == "betas" else "[2, 6]"
-        raise ValueError(f"TrainConfig: {name} must be a pair of numbers like {example}, "
-                         f"got {value!r}")
-    return tuple(value)
-
-
-def _names(value, name: str) -> tuple:
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"TrainConfig: {name} must be a name or a list of names, got {value!r}")
-    return tuple(value)
+def _check_model_overrides(model) -> dict:
+    """``TrainConfig.model``: a dict of :class:`~mmgpt.model.MultimodalGPTConfig` fields,
+    leaving out those the tokenizer and ``TrainConfig.image_size`` decide."""
+    fn = "TrainConfig"
+    if not isinstance(model, dict):
+        raise ValueError(f"{fn}: model must be a dict of MultimodalGPTConfig overrides, got {model!r}")
+    fixed = {"vocab_size", "image_token_id", "image_size"} & set(model)
+    if fixed:
+        raise ValueError(f"{fn}: model must not set {sorted(fixed)}: they come from the "
+                         f"tokenizer and from TrainConfig.image_size")
+    unknown = set(model) - {f.name for f in dataclasses.fields(MultimodalGPTConfig)}
+    if unknown:
+        raise ValueError(f"{fn}: model has unknown MultimodalGPTConfig fields {sorted(unknown)}")
+    return model
 
 
 PRESETS: Dict[str, dict] = {
@@ -242,6 +215,14 @@ PRESETS: Dict[str, dict] = {
 # Data
 # --------------------------------------------------------------------------------------
 
+# TaskMix's hash of (index, seed) onto [0, 2**64), with two constants of SplitMix64.
+# 2**64 / golden ratio: index * GOLDEN_GAMMA spreads consecutive indices evenly, so any
+# stretch of samples holds about caption_fraction captions.
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+# An odd 64-bit multiplier: each seed turns every hash by its own offset (other captions).
+SPLITMIX_MULTIPLIER = 0xBF58476D1CE4E5B9
+
+
 class TaskMix:
     """A shapes data set where a fixed share of the samples asks for the caption instead of
     the question (their ``question``/``answer`` are dropped and ``family`` is ``"caption"``).
@@ -256,7 +237,8 @@ class TaskMix:
         return len(self.dataset)
 
     def is_caption(self, index: int) -> bool:
-        h = (index * 0x9E3779B97F4A7C15 + self.seed * 0xBF58476D1CE4E5B9) % 2**64
+        """A hash of ``(index, seed)`` onto ``[0, 1)``, below ``caption_fraction``?"""
+        h = (index * GOLDEN_GAMMA + self.seed * SPLITMIX_MULTIPLIER) % 2**64
         return h / 2**64 < self.caption_fraction
 
     def __getitem__(self, index: int) -> dict:
@@ -284,10 +266,15 @@ def build_datasets(config: TrainConfig) -> Dict[str, object]:
     }
 
 
+# A prime above any run's step count: seed * SEED_STRIDE + step gives every (seed, step)
+# pair its own generator seed, so two seeds never share a batch.
+SEED_STRIDE = 1_000_003
+
+
 def step_indices(step: int, config: TrainConfig, rank: int = 0, world: int = 1) -> List[int]:
     """The training indices of step ``step`` for process ``rank`` of ``world``: the global
     batch is a pure function of ``(seed, step)`` and each rank takes every ``world``-th."""
-    g = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    g = torch.Generator().manual_seed(config.seed * SEED_STRIDE + step)
     batch = torch.randint(config.train_size, (config.batch_size,), generator=g)
     return batch[rank::world].tolist()
 
@@ -336,12 +323,17 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+# Modules whose weight is a table looked up by index (a token, a position), not a matrix
+# that multiplies: weight decay would pull rarely seen rows to zero.
+LOOKUP_TABLES = (nn.Embedding, LearnedPositionEmbedding)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: weight matrices and convolution kernels decay; biases, norms,
-    gates, embedding tables (the token table is tied to the output head) and position
-    tables do not."""
-    tables = {id(p) for m in model.modules()
-              if isinstance(m, nn.Embedding) or "Position" in type(m).__name__
+    """AdamW with two groups, by what a parameter does: the matrices that multiply (linear
+    layers, convolution kernels: ``dim() >= 2``) decay; biases, norm scales and gates
+    (``dim() < 2``) and lookup tables (:data:`LOOKUP_TABLES`: token and position
+    embeddings; the token table is also the tied output head) do not."""
+    tables = {id(p) for m in model.modules() if isinstance(m, LOOKUP_TABLES)
               for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
     for p in model.parameters():
@@ -352,7 +344,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-def _freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
     """Stop training the parameters whose names start with one of ``prefixes`` (and put
     their modules' batch-norm statistics out of reach: frozen means frozen)."""
     frozen = 0
@@ -367,7 +359,7 @@ def _freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
     return frozen
 
 
-def _train_mode(model: nn.Module, frozen_prefixes: Sequence[str]) -> None:
+def train_mode(model: nn.Module, frozen_prefixes: Sequence[str]) -> None:
     """``model.train()``, except frozen parts stay in eval mode (batch norm keeps its
     running statistics, dropout stays off)."""
     model.train()
@@ -376,7 +368,7 @@ def _train_mode(model: nn.Module, frozen_prefixes: Sequence[str]) -> None:
             module.eval()
 
 
-def _amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+def amp_dtype(config: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
     """``auto``: :func:`mmgpt.utils.autocast_dtype`. ``bf16`` and ``fp16`` are taken as asked
     on CUDA and on the CPU (where they are slow, but the same code path: the tests run it)."""
     if config.amp == "off":
@@ -572,17 +564,22 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
     otherwise: what ``torchrun --max-restarts`` needs, since it restarts failed processes
     with the same arguments. ``stop_at`` stops after that step as an interruption would
     (save, then return), so that tests and the book can show that ``resume`` continues
-    exactly. Under torchrun only rank 0 evaluates; the other ranks report ``eval=None``.
+    exactly. ``evaluate_fn`` replaces :func:`mmgpt.evaluate.evaluate_splits` (same
+    arguments). Under torchrun only rank 0 evaluates; the other ranks report ``eval=None``.
 
     A folder holds one run: a second run into it is refused while the first trains, and a
     fresh run refuses a folder with another run's checkpoint or metrics. A resumed run may
     change only :data:`RESUMABLE_CHANGES`. A loss that stops being finite ends the run with
-    ``FloatingPointError`` before anything is saved, so the last checkpoint stays good."""
+    ``FloatingPointError`` before anything is saved, so the last checkpoint stays good.
+
+    Three parts: :func:`_start_run` builds everything a run holds (a :class:`_Run`),
+    :func:`train_step` takes one step, :func:`_train_loop` steps, logs, evaluates, saves."""
     if resume not in (True, False, "auto"):
         raise ValueError(f"train: resume must be True, False or 'auto', got {resume!r}")
-    # A model that cannot be built is refused before anything is written.
-    MultimodalGPTConfig(vocab_size=max(config.vocab_size, 260), image_size=config.image_size,
-                        **config.model)
+    # A model that cannot be built is refused before anything is written (a vocabulary
+    # just big enough for the default <image> id stands in for the tokenizer's).
+    MultimodalGPTConfig(vocab_size=max(config.vocab_size, MultimodalGPTConfig.image_token_id + 1),
+                        image_size=config.image_size, **config.model)
     device = get_device(None if config.device == "auto" else config.device)
     rank, world, local_rank = _distributed(device)
     if config.batch_size % world:
@@ -592,31 +589,55 @@ def train(config: TrainConfig, out_dir, *, resume=False, progress: bool = True,
     os.makedirs(out_dir, exist_ok=True)
     lock = _RunLock(out_dir, rank)
     try:
-        return _train(config, out_dir, resume, progress, evaluate_fn, stop_at, device, rank,
-                      world, local_rank)
+        run = _start_run(config, out_dir, resume, progress, evaluate_fn or evaluate_splits,
+                         device, rank, world, local_rank)
+        return _train_loop(run, stop_at)
     finally:
         lock.release()
 
 
-def _train(config, out_dir, resume, progress, evaluate_fn, stop_at, device, rank, world,
-           local_rank) -> dict:
-    from .evaluate import evaluate_splits  # evaluate imports this module's helpers
+@dataclass
+class _Run:
+    """What a run holds while it trains: built by :func:`_start_run`, read and advanced by
+    :func:`_train_loop` (``step``, ``finite``) and its helpers."""
 
-    evaluate_fn = evaluate_fn or evaluate_splits
+    config: TrainConfig
+    out_dir: str
+    device: torch.device
+    rank: int
+    world: int
+    tokenizer: BPETokenizer
+    model_config: MultimodalGPTConfig
+    model: MultimodalGPT        # the weights: saved, evaluated
+    net: nn.Module              # what steps: the model, wrapped for DDP and compiled if asked
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: object            # torch.autocast, or a nullcontext without mixed precision
+    datasets: dict
+    collate: Collate
+    loader: object              # the DataLoader of steps step..steps - 1
+    workers: int
+    frozen: int                 # parameters frozen by config.freeze
+    evaluate_fn: object
+    progress: bool
+    step: int                   # steps taken
+    finite: Tensor              # on the device: have all losses so far been finite?
+
+    @property
+    def ckpt_path(self) -> str:
+        return os.path.join(self.out_dir, CHECKPOINT)
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.out_dir, METRICS)
+
+
+def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evaluate_fn,
+               device: torch.device, rank: int, world: int, local_rank: int) -> _Run:
+    """Everything a run needs before its first step: the tokenizer and model (new, from
+    ``init_from``, or from the checkpoint it resumes), optimizer, gradient scaler, data."""
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
-    metrics_path = os.path.join(out_dir, METRICS)
-    if resume == "auto":
-        resume = os.path.exists(ckpt_path)
-        if not resume and rank == 0:  # a restart before the first save: the same run, anew
-            _truncate_metrics(metrics_path, 0)
-    elif not resume and os.path.exists(ckpt_path):
-        raise FileExistsError(f"train: {out_dir} already holds a run ({CHECKPOINT}); pass "
-                              f"resume=True (--resume) to continue it or choose another folder")
-    elif not resume and rank == 0 and os.path.exists(metrics_path):
-        raise FileExistsError(f"train: {out_dir} holds {METRICS} from another run but no "
-                              f"checkpoint (stopped before its first save?); delete it or "
-                              f"choose another folder")
-
+    resume = _resolve_resume(resume, out_dir, rank)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -650,16 +671,16 @@ def _train(config, out_dir, resume, progress, evaluate_fn, stop_at, device, rank
                              f"config than this run's; give both runs the same model settings")
         model.load_state_dict(init["model"])
         del init
-    frozen = _freeze(model, config.freeze)
+    frozen = freeze(model, config.freeze)
     model.to(device)
     optimizer = make_optimizer(model, config)
-    amp = _amp_dtype(config, device)
+    amp = amp_dtype(config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     if resume:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        _truncate_metrics(metrics_path, start)
+        _truncate_metrics(os.path.join(out_dir, METRICS), start)
         del ckpt
     net = model
     if world > 1:
@@ -677,99 +698,171 @@ def _train(config, out_dir, resume, progress, evaluate_fn, stop_at, device, rank
                       max_length=model_config.context_length)
     loader = make_loader(config, train_data, collate, start, rank, world, workers,
                          pin_memory=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+    return _Run(config=config, out_dir=out_dir, device=device, rank=rank, world=world,
+                tokenizer=tokenizer, model_config=model_config, model=model, net=net,
+                optimizer=optimizer, scaler=scaler, autocast=autocast, datasets=datasets,
+                collate=collate, loader=loader, workers=workers, frozen=frozen,
+                evaluate_fn=evaluate_fn, progress=progress, step=start,
+                finite=torch.ones((), dtype=torch.bool, device=device))
 
-    def save(step: int) -> None:
-        check_finite()
-        if rank == 0:
-            save_atomic({"format": CHECKPOINT_FORMAT, "version": 1, "step": step,
-                         "train_config": _config_dict(config),
-                         "model_config": _config_dict(model_config),
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict(), "tokenizer": tokenizer.to_dict()},
-                        ckpt_path)
 
-    def log(record: dict) -> None:
-        if rank == 0:
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+def _resolve_resume(resume, out_dir: str, rank: int) -> bool:
+    """Whether this run continues the one in ``out_dir`` (``"auto"``: if it holds a
+    checkpoint); a fresh run refuses a folder that holds another run."""
+    ckpt_path, metrics_path = os.path.join(out_dir, CHECKPOINT), os.path.join(out_dir, METRICS)
+    if resume == "auto":
+        resume = os.path.exists(ckpt_path)
+        if not resume and rank == 0:  # a restart before the first save: the same run, anew
+            _truncate_metrics(metrics_path, 0)
+    elif not resume and os.path.exists(ckpt_path):
+        raise FileExistsError(f"train: {out_dir} already holds a run ({CHECKPOINT}); pass "
+                              f"resume=True (--resume) to continue it or choose another folder")
+    elif not resume and rank == 0 and os.path.exists(metrics_path):
+        raise FileExistsError(f"train: {out_dir} holds {METRICS} from another run but no "
+                              f"checkpoint (stopped before its first save?); delete it or "
+                              f"choose another folder")
+    return resume
 
-    def run_eval(step: int) -> Optional[dict]:
-        if rank != 0:
-            return None
-        result = evaluate_fn(model, tokenizer, datasets, device, collate)
-        log({"kind": "eval", "step": step, **result})
-        return result
 
-    autocast = (torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext())
+def _train_loop(run: _Run, stop_at: Optional[int] = None) -> dict:
+    """Step until ``config.steps``, a stop signal, ``max_minutes`` or ``stop_at``: log the
+    loss every ``log_every`` steps, evaluate every ``eval_every``, save every ``ckpt_every``
+    and on any stop. Nothing waits for the device except reading the loss to log it."""
+    config, model = run.config, run.model
+    bar, speed = _progress_bar(run), _Throughput()
+    t0, loss_value, last_eval, interrupted = time.perf_counter(), float("nan"), None, None
+    train_mode(model, config.freeze)
+    with _StopFlag() as stop:
+        for batch in run.loader:
+            batch = {k: batch[k].to(run.device, non_blocking=True)
+                     for k in ("images", "input_ids", "labels")}
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr_at(run.step, config)
+            # The loss is the mean over every predicted token of the *global* batch.
+            loss_sum, count = train_step(run.net, batch, run.optimizer, run.scaler, run.autocast,
+                                         config.grad_clip, run.world)
+            run.finite &= torch.isfinite(loss_sum)  # stays on the device: no sync
+            run.step += 1
+            speed.add(config.batch_size)
+            if _due(run.step, config.log_every, config):
+                loss_value = _log_loss(run, loss_sum, count, speed, bar)
+            bar.update(1)
+            interrupted = _stop_requested(run, stop, t0)
+            if interrupted:  # save at once: the machine may be going away
+                _save(run)
+                break
+            if _due(run.step, config.eval_every, config):
+                last_eval = _evaluate(run)
+                train_mode(model, config.freeze)
+            if _due(run.step, config.ckpt_every, config):
+                _save(run)
+            if run.step == stop_at and run.step < config.steps:
+                interrupted = "stop_at"  # a planned pause, after this step's evaluation
+                _save(run)
+                break
+    bar.close()
+    if interrupted and last_eval is None:
+        last_eval = _evaluate(run)
+    return {"step": run.step, "loss": loss_value, "eval": last_eval, "interrupted": interrupted,
+            "seconds": time.perf_counter() - t0, "out_dir": run.out_dir,
+            "parameters": model.num_parameters(), "frozen_parameters": run.frozen,
+            "device": str(run.device), "world": run.world, "num_workers": run.workers}
+
+
+def _due(step: int, every: int, config: TrainConfig) -> bool:
+    """Is ``step`` one of every ``every``-th steps, or the last?"""
+    return step % every == 0 or step == config.steps
+
+
+def _progress_bar(run: _Run):
     from tqdm.auto import tqdm
 
     # At most one refresh a second: in a notebook each refresh is a widget message, and a
     # test runner that reads them only after the cell (nbval) loses messages past ~2,000.
-    bar = tqdm(total=config.steps, initial=start, disable=not progress or rank != 0,
-               desc=f"train {config.preset}", unit="step", dynamic_ncols=True, mininterval=1.0)
-    t0 = time.perf_counter()
-    window_t, window_samples = t0, 0
-    step, loss_value, last_eval, interrupted = start, float("nan"), None, None
-    finite = torch.ones((), dtype=torch.bool, device=device)  # all losses so far finite?
+    return tqdm(total=run.config.steps, initial=run.step, desc=f"train {run.config.preset}",
+                disable=not run.progress or run.rank != 0, unit="step", dynamic_ncols=True,
+                mininterval=1.0)
 
-    def check_finite() -> None:  # one host sync, only where the loss is read anyway
-        if not bool(finite):
-            raise FloatingPointError(
-                f"train: the loss stopped being finite by step {step} (lr={config.lr}, "
-                f"amp={config.amp}); nothing was saved after it, so {CHECKPOINT} in {out_dir} "
-                f"still holds the last good step. Try a lower lr or amp='off'")
 
-    _train_mode(model, config.freeze)
-    with _StopFlag() as stop:
-        for batch in loader:
-            batch = {k: batch[k].to(device, non_blocking=True)
-                     for k in ("images", "input_ids", "labels")}
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            # The loss is the mean over every predicted token of the *global* batch.
-            loss_sum, count = train_step(net, batch, optimizer, scaler, autocast,
-                                         config.grad_clip, world)
-            finite &= torch.isfinite(loss_sum)
-            step += 1
-            window_samples += config.batch_size
-            if step % config.log_every == 0 or step == config.steps:
-                check_finite()
-                loss_value = float(_all_reduce_sum(loss_sum.detach().float(), world) / count)
-                now = time.perf_counter()
-                speed = window_samples / max(now - window_t, 1e-9)
-                window_t, window_samples = now, 0
-                log({"kind": "train", "step": step, "loss": loss_value,
-                     "lr": optimizer.param_groups[0]["lr"], "samples_per_s": speed})
-                bar.set_postfix(loss=f"{loss_value:.3f}", samples_s=f"{speed:.0f}",
-                                refresh=False)
-            bar.update(1)
-            out_of_time = (config.max_minutes is not None
-                           and time.perf_counter() - t0 > 60 * config.max_minutes)
-            if world > 1:  # every rank stops after the same step, or the others would hang
-                flags = torch.tensor([bool(stop.signal), out_of_time], device=device).float()
-                out_of_time = bool(_all_reduce_sum(flags, world)[1])
-                if flags[0] and not stop.signal:
-                    stop.signal = "SIGTERM"  # another rank was asked to stop
-            if stop.signal or out_of_time:  # save at once: the machine may be going away
-                interrupted = stop.signal or "max_minutes"
-                save(step)
-                break
-            if step % config.eval_every == 0 or step == config.steps:
-                last_eval = run_eval(step)
-                _train_mode(model, config.freeze)
-            if step % config.ckpt_every == 0 or step == config.steps:
-                save(step)
-            if step == stop_at and step < config.steps:  # a planned pause: after this step's
-                interrupted = "stop_at"                  # evaluation, as a straight run has it
-                save(step)
-                break
-    bar.close()
-    if interrupted and last_eval is None:
-        last_eval = run_eval(step)
-    return {"step": step, "loss": loss_value, "eval": last_eval, "interrupted": interrupted,
-            "seconds": time.perf_counter() - t0, "out_dir": out_dir,
-            "parameters": model.num_parameters(), "frozen_parameters": frozen,
-            "device": str(device), "world": world, "num_workers": workers}
+class _Throughput:
+    """Samples per second since the last reading."""
+
+    def __init__(self):
+        self.since, self.samples = time.perf_counter(), 0
+
+    def add(self, samples: int) -> None:
+        self.samples += samples
+
+    def read(self) -> float:
+        now = time.perf_counter()
+        speed = self.samples / max(now - self.since, 1e-9)
+        self.since, self.samples = now, 0
+        return speed
+
+
+def _log_loss(run: _Run, loss_sum: Tensor, count: Tensor, speed: _Throughput, bar) -> float:
+    """Read the loss (the loop's one host sync), log it with the speed, show it on the bar."""
+    _check_finite(run)
+    loss = float(_all_reduce_sum(loss_sum.detach().float(), run.world) / count)
+    samples_per_s = speed.read()  # after the sync: the time the device took, too
+    _log(run, {"kind": "train", "step": run.step, "loss": loss,
+               "lr": run.optimizer.param_groups[0]["lr"], "samples_per_s": samples_per_s})
+    bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{samples_per_s:.0f}", refresh=False)
+    return loss
+
+
+def _check_finite(run: _Run) -> None:
+    """Raise if a loss so far was not finite: a host sync, so only where the loss is read
+    anyway (logging, saving)."""
+    if not bool(run.finite):
+        raise FloatingPointError(
+            f"train: the loss stopped being finite by step {run.step} (lr={run.config.lr}, "
+            f"amp={run.config.amp}); nothing was saved after it, so {CHECKPOINT} in "
+            f"{run.out_dir} still holds the last good step. Try a lower lr or amp='off'")
+
+
+def _stop_requested(run: _Run, stop: "_StopFlag", t0: float) -> Optional[str]:
+    """Why to stop after this step: the signal's name, ``"max_minutes"``, or ``None``."""
+    max_minutes = run.config.max_minutes
+    out_of_time = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+    if run.world > 1:  # every rank stops after the same step, or the others would hang
+        flags = torch.tensor([bool(stop.signal), out_of_time], device=run.device).float()
+        out_of_time = bool(_all_reduce_sum(flags, run.world)[1])
+        if flags[0] and not stop.signal:
+            stop.signal = "SIGTERM"  # another rank was asked to stop
+    return stop.signal or ("max_minutes" if out_of_time else None)
+
+
+def _log(run: _Run, record: dict) -> None:
+    """One line of ``metrics.jsonl`` (rank 0 writes)."""
+    if run.rank == 0:
+        with open(run.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _evaluate(run: _Run) -> Optional[dict]:
+    """Rank 0 evaluates (:func:`mmgpt.evaluate.evaluate_splits`) and logs it; others: None."""
+    if run.rank != 0:
+        return None
+    result = run.evaluate_fn(run.model, run.tokenizer, run.datasets, run.device, run.collate)
+    _log(run, {"kind": "eval", "step": run.step, **result})
+    return result
+
+
+def _save(run: _Run) -> None:
+    """The checkpoint of step ``run.step`` (rank 0 writes), once the losses are known finite."""
+    _check_finite(run)
+    if run.rank == 0:
+        step, config, model_config = run.step, run.config, run.model_config
+        model, optimizer, scaler, tokenizer = run.model, run.optimizer, run.scaler, run.tokenizer
+        ckpt_path = run.ckpt_path
+        save_atomic({"format": CHECKPOINT_FORMAT, "version": 1, "step": step,
+                     "train_config": _config_dict(config),
+                     "model_config": _config_dict(model_config),
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "tokenizer": tokenizer.to_dict()},
+                    ckpt_path)
 
 
 def _truncate_metrics(path: str, step: int) -> None:

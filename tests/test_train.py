@@ -268,3 +268,31 @@ def test_every_preset_trains_a_step_and_evaluates(preset, tmp_path):
                                         train_size=64)
     result = tr.train(config, tmp_path, progress=False)
     assert result["step"] == 1 and set(result["eval"]["test"]) >= {"all"}
+
+
+# --------------------------------------------------------------------------------------
+# Added with issue 16
+# --------------------------------------------------------------------------------------
+
+def _decayed_by_class_name(model) -> set:
+    """The rule make_optimizer used before it chose by role: a >= 2-D parameter decays
+    unless its module is an nn.Embedding or has "Position" in its class name."""
+    tables = {id(p) for m in model.modules()
+              if isinstance(m, torch.nn.Embedding) or "Position" in type(m).__name__
+              for p in m.parameters(recurse=False)}
+    return {n for n, p in model.named_parameters() if p.dim() >= 2 and id(p) not in tables}
+
+
+@pytest.mark.parametrize("preset", sorted(tr.PRESETS))
+def test_weight_decay_groups_by_role_are_the_ones_the_class_name_rule_chose(preset):
+    from mmgpt.model import MultimodalGPT, MultimodalGPTConfig
+
+    for variant in ({}, {"encoder": "patch", "patch_size": 4}, {"fusion": "cross"},
+                    {"fusion": "late"}, {"image_pos": "learned"}, {"tie_weights": False}):
+        config = tr.TrainConfig.from_preset(preset, model=variant)
+        model = MultimodalGPT(MultimodalGPTConfig(vocab_size=config.vocab_size,
+                                                  image_size=config.image_size, **config.model))
+        decay, no_decay = tr.make_optimizer(model, config).param_groups
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert {names[id(p)] for p in decay["params"]} == _decayed_by_class_name(model), variant
+        assert len(decay["params"]) + len(no_decay["params"]) == len(names)

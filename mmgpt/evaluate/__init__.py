@@ -8,7 +8,8 @@ An answer counts as right when the model, reading the prompt, would write exactl
 tokens and then ``<eos>``. That is checked in one forward pass with the true answer fed in
 (*teacher forcing*): greedy decoding writes the answer if and only if, at every answer
 position, the most likely next token is the answer's next token. So the accuracy here is the
-accuracy of greedy generation, at the cost of one forward pass per batch.
+accuracy of greedy generation, at the cost of one forward pass per batch (the ``<image>``
+placeholder, which generation never writes, is never the argmax here either).
 
 :func:`evaluate_splits` reports, for each split of :func:`mmgpt.train.build_datasets`:
 
@@ -18,28 +19,39 @@ accuracy of greedy generation, at the cost of one forward pass per batch.
   answers from the question alone. It should fall to about the text-only baseline;
 * ``caption``: exact match of the whole caption on test scenes;
 * ``majority`` and ``text_only``: the data's own baselines (:mod:`mmgpt.data`).
+
+Imports run one way: :mod:`mmgpt.train` uses this package to evaluate during a run, and
+this package's own modules use nothing of ``mmgpt.train``; the command line, which opens a
+training run's checkpoint, is :mod:`mmgpt.evaluate.__main__`, on top of both.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections import defaultdict
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor
 
-from .data import BACKGROUND, Collate, majority_baseline, text_only_baseline
+from ..data import BACKGROUND, Collate, majority_baseline, text_only_baseline
 
 __all__ = ["exact_match", "accuracy_by_family", "evaluate_splits", "load_metrics",
-           "plot_metrics", "RELATIONAL", "plot_families", "main"]
+           "plot_metrics", "RELATIONAL", "plot_families", "format_table"]
+
+# The text-only baseline reads the questions of this many training samples.
+BASELINE_SAMPLES = 20_000
 
 
-def exact_match(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+def exact_match(logits: Tensor, input_ids: Tensor, loss_mask: Tensor,
+                image_token_id: Optional[int] = None) -> Tensor:
     """``(B,)`` bool: for each sequence, does the argmax at every position before a token
-    to predict equal that token? (Logits at ``t`` predict token ``t + 1``.)"""
+    to predict equal that token? (Logits at ``t`` predict token ``t + 1``.) Given
+    ``image_token_id``, that token is never the argmax, as it is never chosen by
+    :meth:`~mmgpt.model.MultimodalGPT.generate`: then this is greedy generation's answer."""
+    if image_token_id is not None:
+        logits = logits.index_fill(-1, torch.tensor([image_token_id], device=logits.device),
+                                   float("-inf"))
     predicted = logits[:, :-1].argmax(-1)
     wanted = loss_mask[:, 1:]
     return ((predicted == input_ids[:, 1:]) | ~wanted).all(-1) & wanted.any(-1)
@@ -66,7 +78,8 @@ def accuracy_by_family(model, dataset, collate: Collate, device, *, batch_size: 
                 colour = torch.tensor(BACKGROUND, dtype=images.dtype) / 255
                 images = colour[None, :, None, None].expand_as(images).contiguous()
             logits, _ = model(images.to(device), batch["input_ids"].to(device))
-            ok = exact_match(logits.float().cpu(), batch["input_ids"], batch["loss_mask"])
+            ok = exact_match(logits.float().cpu(), batch["input_ids"], batch["loss_mask"],
+                             model.config.image_token_id)
             families = ["caption"] * len(samples) if task == "caption" else batch["family"]
             for family, good in zip(families, ok.tolist()):
                 right[family] += good
@@ -90,7 +103,7 @@ def evaluate_splits(model, tokenizer, datasets: dict, device, collate: Collate) 
     if "baselines" not in datasets:  # computed once per run, from text only
         train = datasets["train"].dataset if hasattr(datasets["train"], "dataset") else datasets["train"]
         datasets["baselines"] = {"majority": majority_baseline(datasets["test"]),
-                                 "text_only": text_only_baseline(_Head(train, 20_000),
+                                 "text_only": text_only_baseline(_Head(train, BASELINE_SAMPLES),
                                                                  datasets["test"])}
     result.update(datasets["baselines"])
     return result
@@ -204,7 +217,7 @@ def plot_families(metrics, batch_size: int, ax=None, title: Optional[str] = None
 
 
 # --------------------------------------------------------------------------------------
-# Command line
+# Tables
 # --------------------------------------------------------------------------------------
 
 def format_table(result: dict) -> str:
@@ -220,42 +233,3 @@ def format_table(result: dict) -> str:
         lines.append(f"{f:10s}" + "".join(cells))
     lines.append(f"caption exact match: {result['caption']:.3f}")
     return "\n".join(lines)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .train import (CHECKPOINT, build_datasets, config_from_checkpoint, load_checkpoint,
-                        model_from_checkpoint)
-    from .utils import get_device
-
-    parser = argparse.ArgumentParser(prog="python -m mmgpt.evaluate",
-                                     description="Evaluate a trained run on held-out scenes.")
-    parser.add_argument("run", help="a run folder (holding checkpoint.pt) or a checkpoint file")
-    parser.add_argument("--size", type=int, default=None, help="held-out scenes per split")
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    path = os.path.join(args.run, CHECKPOINT) if os.path.isdir(args.run) else args.run
-    if args.size is not None and args.size < 1:
-        parser.error(f"--size must be a positive int, got {args.size}")
-    try:
-        ckpt = load_checkpoint(path)
-        config = config_from_checkpoint(ckpt, path)
-        model, tokenizer = model_from_checkpoint(ckpt)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    if args.size is not None:
-        config.eval_size = args.size
-    try:
-        device = get_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    model.to(device)
-    collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
-    result = evaluate_splits(model, tokenizer, build_datasets(config), device, collate)
-    result["step"] = ckpt["step"]
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
