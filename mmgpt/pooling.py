@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import IMAGES, integer, is_int, pair, tensor
+from ._checks import IMAGES, integer, is_int, on_host, pair, tensor
 
 __all__ = [
     "pool_output_size",
@@ -128,11 +128,12 @@ def _pytorch_argmax(flat: torch.Tensor, lowest: float, kernel: Pair, stride: Pai
     reports the first tap that lies inside the input, never the padding.
     """
     index = flat.argmax(-1)  # the first maximum; NaN counts as larger than everything
-    if flat.is_floating_point():  # the last NaN, in windows that have one
-        nan = torch.isnan(flat)
-        last_nan = flat.shape[-1] - 1 - nan.flip(-1).to(torch.uint8).argmax(-1)
-        index = torch.where(nan.any(-1), last_nan, index)
-    best = flat.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    best = flat.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # NaN where a window holds one
+    # PyTorch keeps the last NaN instead. On an accelerator this runs for every window (an `if`
+    # on the data would wait for the device); on the host, reading `any()` is free, and skips it.
+    if flat.is_floating_point() and (not on_host(flat) or best.isnan().any()):
+        last_nan = flat.shape[-1] - 1 - flat.isnan().flip(-1).to(torch.uint8).argmax(-1)
+        index = torch.where(best.isnan(), last_nan, index)
     # Windows holding only padding or -inf point at their first tap inside the input, at or
     # after its first row (column): ceil((padding - window start) / dilation), at least 0.
     # Computed for every window and used where needed: no `if` on the data, no device sync.

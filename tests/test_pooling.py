@@ -702,3 +702,23 @@ def test_adaptive_pooling_checks_the_size_next_to_a_none(output_size):
         adaptive_avg_pool2d(torch.zeros(1, 2, 6, 6), output_size)
     with pytest.raises(ERRORS, match=r"\boutput_size\b"):
         AdaptiveAvgPool2d(output_size)
+
+
+def test_max_pooling_ties_and_nans_without_reading_values(monkeypatch):
+    """On an accelerator, max pooling applies PyTorch's NaN rule to every window rather than
+    asking first whether there is a NaN (which would wait for the device). Run that path here
+    by pretending the tensors are not on the host: values and indices still equal PyTorch's."""
+    import mmgpt.pooling
+
+    monkeypatch.setattr(mmgpt.pooling, "on_host", lambda x: False)
+    x = torch.tensor([[1.0, 1.0, float("nan"), 0.0, 0.0],
+                      [float("nan"), 2.0, float("nan"), 0.0, 0.0],
+                      [-float("inf"), -float("inf"), 3.0, 3.0, 0.0],
+                      [-float("inf"), -float("inf"), 0.0, 0.0, 0.0],
+                      [5.0, 5.0, 5.0, 5.0, 5.0]]).view(1, 1, 5, 5)
+    for kwargs in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                   dict(kernel_size=2, stride=1, dilation=2, ceil_mode=True)):
+        out, idx = max_pool2d(x, return_indices=True, **kwargs)
+        ref, ref_idx = F.max_pool2d(x, return_indices=True, **kwargs)
+        torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=0)
+        assert torch.equal(idx, ref_idx), kwargs
