@@ -34,13 +34,17 @@ CORES      := $(shell nproc 2>/dev/null || echo 2)
 JOBS       ?= auto
 NB_JOBS    ?= 2
 NB_THREADS ?= $(shell n=$$(( $(CORES) / $(NB_JOBS) )); [ $$n -ge 1 ] && echo $$n || echo 1)
+# Longest first, as measured with --durations (the rest follow in name order).
 NOTEBOOKS  := $(addprefix notebooks/,11_training_on_gpu.ipynb 12_looking_inside.ipynb \
-              13_scaling_out.ipynb 10_pretraining_and_finetuning.ipynb 08_cross_modal_fusion.ipynb \
-              project_practice.ipynb 07_transformer_decoder.ipynb)
+              08_cross_modal_fusion.ipynb 10_pretraining_and_finetuning.ipynb project_practice.ipynb \
+              09_loss.ipynb 07_transformer_decoder.ipynb 13_scaling_out.ipynb)
 NOTEBOOKS  += $(filter-out $(NOTEBOOKS),$(sort $(wildcard notebooks/*.ipynb)))
 # The stages of `make test`, in order; tests/test_browser.py and tests/test_fresh_env.py are
-# stages of their own (minutes each), so the package stage leaves them out.
+# stages of their own (minutes each), so the package stage leaves them out. The last two run side
+# by side (E2E_STAGES: mostly pip, npm, Sphinx and Chromium, one core each), each into its own log
+# under _build/, printed when both are done.
 STAGES     := lint test-package test-notebooks test-fresh-env test-browser
+E2E_STAGES := test-fresh-env test-browser
 E2E_TESTS  := tests/test_browser.py tests/test_fresh_env.py
 
 .PHONY: book book-offline test lint test-package test-notebooks test-robust test-browser test-fresh-env \
@@ -74,11 +78,22 @@ book-offline: $(STAMP)
 
 # Every stage runs, whatever the ones before it did; the stages that failed are named at the end.
 test: $(STAMP)
-	@failed=""; all_start=$$(date +%s); \
-	for stage in $(STAGES); do \
+	@failed=""; all_start=$$(date +%s); mkdir -p _build; \
+	for stage in $(filter-out $(E2E_STAGES),$(STAGES)); do \
 	    echo "=== make $$stage"; start=$$(date +%s); \
 	    $(MAKE) --no-print-directory $$stage || failed="$$failed $$stage"; \
 	    echo "=== make $$stage: $$(( $$(date +%s) - start )) s"; \
+	done; \
+	echo "=== make $(E2E_STAGES), side by side"; \
+	for stage in $(E2E_STAGES); do \
+	    ( start=$$(date +%s); $(MAKE) --no-print-directory $$stage > _build/$$stage.log 2>&1; \
+	      echo $$? > _build/$$stage.rc; echo "$$(( $$(date +%s) - start ))" > _build/$$stage.time ) & \
+	done; \
+	wait; \
+	for stage in $(E2E_STAGES); do \
+	    echo "=== make $$stage (_build/$$stage.log)"; cat _build/$$stage.log; \
+	    [ "$$(cat _build/$$stage.rc)" = 0 ] || failed="$$failed $$stage"; \
+	    echo "=== make $$stage: $$(cat _build/$$stage.time) s"; \
 	done; \
 	echo "=== make test: $$(( $$(date +%s) - all_start )) s"; \
 	if [ -n "$$failed" ]; then echo "=== make test FAILED in:$$failed"; exit 1; fi; \
