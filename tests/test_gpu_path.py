@@ -26,16 +26,19 @@ def tiny(**overrides) -> tr.TrainConfig:
 def test_reduced_precision_steps_train_with_the_scaler_where_fp16_needs_it(tmp_path, amp, dtype):
     # The very code path a T4 (fp16 + GradScaler) or an A100 (bf16, no scaler) takes, with the
     # CPU's autocast: the matmuls really run in 16 bits, the loss stays finite and falls.
-    result = tr.train(tiny(steps=20, amp=amp, device="cpu", eval_every=20), tmp_path,
-                      progress=False)
+    # Ten steps (fp16 convolutions are slow on a CPU), every one logged: the loss falls by
+    # 0.5 from the first step to the last, measured, where 0.3 is asked.
+    result = tr.train(tiny(steps=10, amp=amp, device="cpu", eval_every=10, log_every=1),
+                      tmp_path, progress=False)
     curve = [r["loss"] for r in ev.load_metrics(tmp_path)["train"]]
-    assert all(math.isfinite(x) for x in curve) and curve[-1] < curve[0] - 0.3, curve
+    assert len(curve) == 10 and all(math.isfinite(x) for x in curve), curve
+    assert curve[-1] < curve[0] - 0.3, curve
     scaler = tr.load_checkpoint(tmp_path / tr.CHECKPOINT)["scaler"]
     if dtype == torch.float16:
         assert scaler and scaler["scale"] > 0  # a scaler ran and its state is saved
     else:
         assert not scaler  # bf16 has fp32's range: no scaler
-    assert result["eval"]["test"]["all"] >= 0
+    assert 0 <= result["eval"]["test"]["all"] <= 1
 
 
 def test_autocast_really_computes_in_half_precision_on_the_training_path():
