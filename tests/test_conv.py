@@ -161,7 +161,8 @@ def test_random_configs_cover_every_feature():
         "bias": any_(lambda c: c["bias"]),
         "non-square input": any_(lambda c: c["size"][0] != c["size"][1]),
         "input exactly the kernel span (one output row)": any_(
-            lambda c: c["padding"] in (0, "valid") and c["size"][0] == pair(c, "dilation")[0] * (c["kernel"][0] - 1) + 1),
+            lambda c: c["padding"] in (0, "valid")
+            and c["size"][0] == pair(c, "dilation")[0] * (c["kernel"][0] - 1) + 1),
     }
     missing = [name for name, ok in checks.items() if not ok]
     assert not missing, f"the random configurations never exercise: {missing}"
@@ -662,8 +663,8 @@ def test_conv2d_rejects_bad_arguments(name, overrides, pattern):
     (dict(x=_randn(1, 3, 6, 6), kernel_size=2, padding=-1), r"\bpadding\b"),
     (dict(x=_randn(1, 3, 6, 6), kernel_size=(7, 2)), r"kernel"),
     (dict(x=_randn(1, 3, 6, 6), kernel_size=3, dilation=(1, 3)), r"kernel"),
-], ids=["x-2d", "x-5d", "kernel-0", "kernel-3-tuple", "kernel-bool", "stride-0", "dilation-0", "padding-neg", "kernel-too-big",
-        "dilated-span-too-big"])
+], ids=["x-2d", "x-5d", "kernel-0", "kernel-3-tuple", "kernel-bool", "stride-0", "dilation-0", "padding-neg",
+        "kernel-too-big", "dilated-span-too-big"])
 def test_im2col_rejects_bad_arguments(kwargs, pattern):
     with pytest.raises(ERRORS, match=pattern):
         im2col(**kwargs)

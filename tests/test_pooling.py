@@ -152,8 +152,11 @@ def test_random_configs_cover_every_feature():
     def stride(c):
         return as_pair(c["kernel"] if c["stride"] is None else c["stride"])
 
+    def unequal_pair(c, key):
+        return isinstance(c[key], tuple) and len(set(c[key])) == 2
+
     def overhang(c):  # ceil_mode kept a window that runs past the padded input
-        (kh, kw), (ph, pw) = as_pair(c["kernel"]), as_pair(c["padding"])
+        (kh, _), (ph, _) = as_pair(c["kernel"]), as_pair(c["padding"])
         (sh, _), (dh, _) = stride(c), as_pair(c.get("dilation", 1))
         out = pool_output_size(c["size"][0], kh, sh, ph, dh, True)
         return c["ceil_mode"] and (out - 1) * sh + dh * (kh - 1) + 1 > c["size"][0] + 2 * ph
@@ -168,22 +171,24 @@ def test_random_configs_cover_every_feature():
         checks = {
             "unbatched": any_(configs, lambda c: c["batch"] is None),
             "stride None": any_(configs, lambda c: c["stride"] is None),
-            "stride pair, unequal": any_(configs, lambda c: isinstance(c["stride"], tuple) and len(set(c["stride"])) == 2),
+            "stride pair, unequal": any_(configs, lambda c: unequal_pair(c, "stride")),
             "stride < kernel (overlap)": any_(configs, lambda c: stride(c)[0] < as_pair(c["kernel"])[0]),
             "stride > kernel (gaps)": any_(configs, lambda c: stride(c)[0] > as_pair(c["kernel"])[0]),
-            "kernel pair, unequal": any_(configs, lambda c: isinstance(c["kernel"], tuple) and len(set(c["kernel"])) == 2),
-            "padding = kernel // 2 > 0": any_(configs, lambda c: 0 < as_pair(c["padding"])[0] == as_pair(c["kernel"])[0] // 2),
-            "padding pair, unequal": any_(configs, lambda c: isinstance(c["padding"], tuple) and len(set(c["padding"])) == 2),
+            "kernel pair, unequal": any_(configs, lambda c: unequal_pair(c, "kernel")),
+            "padding = kernel // 2 > 0": any_(configs, lambda c: 0 < as_pair(c["padding"])[0]
+                                              == as_pair(c["kernel"])[0] // 2),
+            "padding pair, unequal": any_(configs, lambda c: unequal_pair(c, "padding")),
             "ceil_mode with an overhanging window": any_(configs, overhang),
             "ceil_mode's last-window rule applied": any_(configs, dropped),
             "no ceil_mode": any_(configs, lambda c: not c["ceil_mode"]),
         }
         if name == "max":
-            checks["dilation pair, unequal"] = any_(configs, lambda c: isinstance(c["dilation"], tuple) and len(set(c["dilation"])) == 2)
+            checks["dilation pair, unequal"] = any_(configs, lambda c: unequal_pair(c, "dilation"))
             checks["dilation 3"] = any_(configs, lambda c: c["dilation"] == 3)
             checks["tied data"] = any_(configs, lambda c: c["data"] == "ties")
         else:
-            checks["count_include_pad=False with padding"] = any_(configs, lambda c: not c["count_include_pad"] and max(as_pair(c["padding"])) > 0)
+            checks["count_include_pad=False with padding"] = any_(
+                configs, lambda c: not c["count_include_pad"] and max(as_pair(c["padding"])) > 0)
             checks["negative divisor_override"] = any_(configs, lambda c: (c["divisor_override"] or 0) < 0)
         missing = [k for k, ok in checks.items() if not ok]
         assert not missing, f"the random {name} configurations never exercise: {missing}"
@@ -441,7 +446,8 @@ SIZE_CASES = _draw_size_cases(250, seed=12)
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding,dilation,ceil_mode", SIZE_CASES,
-                         ids=[f"n{n}-k{k}-s{s}-p{p}-d{d}-{'ceil' if c else 'floor'}" for n, k, s, p, d, c in SIZE_CASES])
+                         ids=[f"n{n}-k{k}-s{s}-p{p}-d{d}-{'ceil' if c else 'floor'}"
+                              for n, k, s, p, d, c in SIZE_CASES])
 def test_pool_output_size_matches_torch(size, kernel, stride, padding, dilation, ceil_mode):
     expected = pool_output_size(size, kernel, stride, padding, dilation, ceil_mode)
     x = torch.zeros(1, 1, size, 1, dtype=DTYPE)
@@ -548,7 +554,8 @@ def test_modules_defaults_and_positional_order_match_nn():
     assert repr(MaxPool2d(3, 1, 1, 2, False, True)) == repr(nn.MaxPool2d(3, 1, 1, 2, False, True))
     assert repr(AvgPool2d(3, 1, 1, True, False, 5)) == repr(nn.AvgPool2d(3, 1, 1, True, False, 5))
     m, r = AvgPool2d(3, 1, 1, True, False, 5), nn.AvgPool2d(3, 1, 1, True, False, 5)
-    assert (m.ceil_mode, m.count_include_pad, m.divisor_override) == (r.ceil_mode, r.count_include_pad, r.divisor_override)
+    assert ((m.ceil_mode, m.count_include_pad, m.divisor_override)
+            == (r.ceil_mode, r.count_include_pad, r.divisor_override))
     assert MaxPool2d(4).stride == nn.MaxPool2d(4).stride == 4
     x = torch.randn(1, 2, 7, 7)
     assert torch.equal(MaxPool2d(3, 1, 1, 2, False, True)(x), nn.MaxPool2d(3, 1, 1, 2, False, True)(x))
