@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-__all__ = ["show_source", "png_bytes", "PIPELINE", "pipeline_diagram"]
+__all__ = ["show_source", "png_bytes", "stack", "PIPELINE", "pipeline_diagram"]
 
 
 def show_source(obj, start: str | None = None):
@@ -31,6 +31,19 @@ def show_source(obj, start: str | None = None):
     module = getattr(obj, "__module__", None) or getattr(obj, "__name__", "")
     header = f"# from {module}\n" if module.startswith("mmgpt") else ""
     return Markdown(f"```python\n{header}{source.rstrip()}\n```")
+
+
+def stack(pages, selected_index: int = 0):
+    """A widget that shows one of ``pages`` at a time (a slider links to ``selected_index``).
+
+    ``ipywidgets.Stack`` exists from ipywidgets 8; Colab keeps ipywidgets 7.7 for its own
+    widget display, so there a ``Tab`` (the same pages, with a row of tabs above them) takes
+    its place. Both have ``children`` and ``selected_index``, and both render in the book.
+    """
+    import ipywidgets as widgets
+
+    kind = getattr(widgets, "Stack", None) or widgets.Tab
+    return kind(list(pages), selected_index=selected_index)
 
 
 def png_bytes(image, scale: int = 1, optimize: bool = True) -> bytes:
