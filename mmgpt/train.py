@@ -53,8 +53,8 @@ from torch import Tensor, nn
 from ._checks import integer, items, names, number, one_of
 from .data import Collate, RenderedPool, ShapesDataset, caption_corpus
 from .evaluate import evaluate_splits
-from .loss import cross_entropy
-from .model import IGNORE_INDEX, MultimodalGPT, MultimodalGPTConfig
+from .loss import IGNORE_INDEX, cross_entropy
+from .model import MultimodalGPT, MultimodalGPTConfig
 from .patches import LearnedPositionEmbedding
 from .tokenizer import BPETokenizer
 from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
