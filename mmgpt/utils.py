@@ -39,9 +39,15 @@ def get_device(prefer: str | None = None) -> torch.device:
         try:
             device = torch.device(prefer)
         except (RuntimeError, TypeError):
-            raise ValueError(f"device must be 'cuda', 'cuda:N', 'mps' or 'cpu', got {prefer!r}") from None
+            device = None
+        if device is None or device.type not in ("cuda", "mps", "cpu") \
+                or (device.type != "cuda" and device.index not in (None, 0)):
+            raise ValueError(f"device must be 'cuda', 'cuda:N', 'mps' or 'cpu', got {prefer!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {prefer!r} was asked for, but CUDA is not available here")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {prefer!r} was asked for, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), cuda:0 and up")
         if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
             raise ValueError(f"device {prefer!r} was asked for, but MPS is not available here")
         return device

@@ -77,6 +77,7 @@ def machine(monkeypatch):
     monkeypatch.delenv("MMGPT_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: has["cuda"])
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: has["mps"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if has["cuda"] else 0)
     return has
 
 
@@ -105,6 +106,10 @@ def test_a_device_asked_for_is_used_and_the_argument_beats_the_environment(machi
     (True, True, "tpu", ValueError, r"device must be 'cuda', 'cuda:N', 'mps' or 'cpu', got 'tpu'"),
     (True, True, "cuda:x", ValueError, "device must be .* got 'cuda:x'"),
     (True, True, 3, ValueError, "device must be .* got 3"),
+    (True, True, "cuda:2", ValueError, "'cuda:2' was asked for, but this machine has 2 CUDA"),
+    (True, True, "xpu", ValueError, "device must be .* got 'xpu'"),
+    (True, True, "meta", ValueError, "device must be .* got 'meta'"),
+    (True, True, "cpu:1", ValueError, "device must be .* got 'cpu:1'"),
 ])
 def test_a_device_that_is_not_there_or_not_a_device_is_refused_by_name(machine, monkeypatch,
                                                                         cuda, mps, prefer,
