@@ -645,13 +645,7 @@ def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evalua
     start = 0
     if resume:
         ckpt = load_checkpoint(ckpt_path)
-        saved = _config_dict(config_from_checkpoint(ckpt, ckpt_path))
-        diff = [k for k, v in _config_dict(config).items()
-                if saved[k] != v and k not in RESUMABLE_CHANGES]
-        if diff:
-            raise ValueError(f"train: --resume with another config than the run in {out_dir}; "
-                             f"it differs in {diff} (a resumed run may change only "
-                             f"{list(RESUMABLE_CHANGES)})")
+        _check_same_run(config, config_from_checkpoint(ckpt, ckpt_path), out_dir)
         tokenizer = BPETokenizer(merges=ckpt["tokenizer"]["merges"])
         start = int(ckpt["step"])
     else:
@@ -682,12 +676,7 @@ def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evalua
         scaler.load_state_dict(ckpt["scaler"])
         _truncate_metrics(os.path.join(out_dir, METRICS), start)
         del ckpt
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)
+    net = _wrap(model, device, world, config.compile)
 
     datasets = build_datasets(config)
     workers = usable_workers(config.num_workers)
@@ -705,6 +694,27 @@ def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evalua
                 collate=collate, loader=loader, workers=workers, frozen=frozen,
                 evaluate_fn=evaluate_fn, progress=progress, step=start,
                 finite=torch.ones((), dtype=torch.bool, device=device))
+
+
+def _wrap(model: MultimodalGPT, device: torch.device, world: int, compiled: bool) -> nn.Module:
+    """What takes the steps: the model, under DDP when there are several processes, compiled
+    if asked."""
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if compiled else net
+
+
+def _check_same_run(config: TrainConfig, saved: TrainConfig, out_dir: str) -> None:
+    """A resumed run may differ from the one it continues only in :data:`RESUMABLE_CHANGES`."""
+    saved = _config_dict(saved)
+    diff = [k for k, v in _config_dict(config).items()
+            if saved[k] != v and k not in RESUMABLE_CHANGES]
+    if diff:
+        raise ValueError(f"train: --resume with another config than the run in {out_dir}; "
+                         f"it differs in {diff} (a resumed run may change only "
+                         f"{list(RESUMABLE_CHANGES)})")
 
 
 def _resolve_resume(resume, out_dir: str, rank: int) -> bool:
