@@ -170,3 +170,24 @@ def test_reader_facing_text_does_not_talk_about_the_test_machinery():
         for match in TEST_TALK.finditer(page.read_text(encoding="utf-8")):
             found.append(f"{page.name}: {match.group(0)!r}")
     assert not found, "reader-facing text talks about the tests: " + "; ".join(found)
+
+
+def test_stack_falls_back_to_tabs_where_ipywidgets_has_no_stack(monkeypatch):
+    """Colab keeps ipywidgets 7.7, which has no Stack: mmgpt.book.stack gives a Tab there,
+    with the same pages and the page asked for, so every chapter's slider still works."""
+    import ipywidgets
+
+    from mmgpt.book import stack
+
+    pages = [ipywidgets.Label("a"), ipywidgets.Label("b"), ipywidgets.Label("c")]
+    assert type(stack(pages, selected_index=2)).__name__ == "Stack"
+    monkeypatch.delattr(ipywidgets, "Stack")
+    tabs = stack(pages, selected_index=2)
+    assert isinstance(tabs, ipywidgets.Tab)
+    assert list(tabs.children) == pages and tabs.selected_index == 2
+
+
+def test_no_chapter_builds_an_ipywidgets_8_only_stack():
+    """ipywidgets.Stack is missing on Colab (ipywidgets 7.7): chapters call mmgpt.book.stack."""
+    offenders = [path.name for path in CHAPTERS if "widgets.Stack(" in path.read_text()]
+    assert not offenders, f"use mmgpt.book.stack instead of widgets.Stack in {offenders}"

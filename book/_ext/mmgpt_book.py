@@ -194,7 +194,8 @@ def fix_page_scripts(app, pagename, templatename, context, doctree) -> None:
         unique.append(js)
     script_files[:] = unique
     names = [str(getattr(js, "filename", "")) for js in script_files]
-    widgets = [i for i, name in enumerate(names) if "html-manager" in name and name.rsplit("?", 1)[0].endswith("embed-amd.js")]
+    widgets = [i for i, name in enumerate(names)
+               if "html-manager" in name and name.rsplit("?", 1)[0].endswith("embed-amd.js")]
     if widgets:
         js = script_files[widgets[0]]
         script_files.insert(widgets[0], type(js)("", priority=js.priority, body=MATHJAX2_SHIM))
