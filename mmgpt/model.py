@@ -27,12 +27,13 @@ tokens in place of ``<image>`` and returns the text positions only. Sequences ar
 on the right (``Collate`` does): causal attention never lets a real token see the padding
 after it, and the labels ignore it, so no padding mask is needed.
 
-Checkpoints: a checkpoint holds the config as plain values and the weights.
-:meth:`MultimodalGPT.save` writes them atomically (a temporary file in the same folder,
-then ``os.replace``); ``mmgpt.train`` writes them beside the optimizer's state. One
-reader, :meth:`MultimodalGPT.from_checkpoint`, builds the model from either (the keys
-each uses are in ``MODEL_KEYS``), so :meth:`MultimodalGPT.load` opens either file, with
-``torch.load(weights_only=True)`` (no code runs). A file that is truncated, not a
+Checkpoints: a checkpoint holds the config as plain values (``model_config``) and the
+weights (``model``). :meth:`MultimodalGPT.save` writes them atomically (a temporary file in
+the same folder, then ``os.replace``); ``mmgpt.train`` writes the same keys beside the
+optimizer's state, so its checkpoint is a superset of the model's file. One reader,
+:meth:`MultimodalGPT.from_checkpoint`, builds the model from either, so
+:meth:`MultimodalGPT.load` opens either file, with ``torch.load(weights_only=True)`` (no
+code runs). A file that is truncated, not a
 checkpoint, holds weights that do not fit its config (what
 ``load_state_dict(strict=True)`` reports), or another config than the one asked for is
 refused with a message that names the problem.
@@ -85,9 +86,10 @@ ENCODERS = ("cnn", "patch")
 PROJECTORS = ("linear", "mlp")
 IMAGE_POSITIONS = ("sincos", "learned", "none")
 CHECKPOINT_FORMAT = "mmgpt-multimodal-gpt"
-# Where a checkpoint keeps the model's config and weights, by its "format": the file of
-# MultimodalGPT.save, and mmgpt.train's checkpoint.pt (which also holds the optimizer, ...).
-MODEL_KEYS = {CHECKPOINT_FORMAT: ("config", "state_dict"), "mmgpt-train": ("model_config", "model")}
+# The checkpoints that hold a model (its config in "model_config", its weights in "model"):
+# the file of MultimodalGPT.save, and mmgpt.train's checkpoint.pt (which also holds the
+# optimizer, the tokenizer, ...).
+MODEL_FORMATS = (CHECKPOINT_FORMAT, "mmgpt-train")
 
 
 # --------------------------------------------------------------------------------------
@@ -565,12 +567,14 @@ class MultimodalGPT(nn.Module):
         finds: a missing or unexpected key, a wrong shape) raise ``ValueError`` naming
         ``where``."""
         kind = checkpoint.get("format") if isinstance(checkpoint, dict) else None
-        if kind not in MODEL_KEYS:
+        if kind not in MODEL_FORMATS:
             raise ValueError(f"{fn}: {where} is not a MultimodalGPT checkpoint (no format "
-                             f"in {list(MODEL_KEYS)}; was it written by MultimodalGPT.save "
+                             f"in {list(MODEL_FORMATS)}; was it written by MultimodalGPT.save "
                              f"or mmgpt.train?)")
-        config_key, weights_key = MODEL_KEYS[kind]
-        stored = checkpoint.get(config_key)
+        if kind == CHECKPOINT_FORMAT and checkpoint.get("version") == 1:  # save's first files
+            checkpoint = {"model_config": checkpoint.get("config"),
+                          "model": checkpoint.get("state_dict")}
+        stored = checkpoint.get("model_config")
         fields = {f.name for f in dataclasses.fields(MultimodalGPTConfig)}
         if not isinstance(stored, dict) or set(stored) != fields:
             unknown = sorted(set(stored or {}) - fields)
@@ -590,7 +594,7 @@ class MultimodalGPT(nn.Module):
                                  f"differs in " + "; ".join(diff))
         model = cls(stored)
         try:
-            model.load_state_dict(checkpoint.get(weights_key))  # strict: every key and shape
+            model.load_state_dict(checkpoint.get("model"))  # strict: every key and shape
         except (RuntimeError, TypeError) as err:  # its message: one problem per line
             problems = "; ".join(line.strip() for line in str(err).splitlines()[1:])
             raise ValueError(f"{fn}: the weights in {where} do not fit its config: "
@@ -602,10 +606,13 @@ class MultimodalGPT(nn.Module):
 
         The file is first written in full to a temporary file in the same folder and
         then renamed over ``path`` (``os.replace``), so ``path`` always holds either the
-        old checkpoint or the new one, never half of one.
+        old checkpoint or the new one, never half of one. The keys are the ones a training
+        checkpoint keeps the model under (``model_config``, ``model``); version 1 of this
+        file called them ``config`` and ``state_dict``, and still loads.
         """
-        save_atomic({"format": CHECKPOINT_FORMAT, "version": 1,
-                     "config": config_dict(self.config), "state_dict": self.state_dict()}, path)
+        save_atomic({"format": CHECKPOINT_FORMAT, "version": 2,
+                     "model_config": config_dict(self.config), "model": self.state_dict()},
+                    path)
 
     @classmethod
     def load(cls, path, config: Optional[MultimodalGPTConfig] = None,

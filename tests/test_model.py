@@ -263,7 +263,7 @@ def test_load_refuses_bad_checkpoints(tmp_path):
 
     tampered = tmp_path / "tampered.pt"
     ckpt = torch.load(good, weights_only=True)
-    ckpt["state_dict"]["decoder.pos_emb.weight"] = torch.zeros(5, 32)
+    ckpt["model"]["decoder.pos_emb.weight"] = torch.zeros(5, 32)
     torch.save(ckpt, tampered)
     with pytest.raises(ValueError, match=r"do not fit its config.*decoder.pos_emb.weight"):
         MultimodalGPT.load(tampered)
@@ -400,14 +400,13 @@ def test_derived_config_values_are_derived_again_by_replace():
 
 
 def test_load_reads_a_training_checkpoint_with_the_same_checks(tmp_path):
-    from mmgpt.model import MODEL_KEYS, config_dict
+    from mmgpt.model import config_dict
     from mmgpt.train import CHECKPOINT_FORMAT
 
     model = _model("late").eval()
-    config_key, weights_key = MODEL_KEYS[CHECKPOINT_FORMAT]  # what mmgpt.train writes
     path = tmp_path / "checkpoint.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "step": 3,
-                config_key: config_dict(model.config), weights_key: model.state_dict(),
+    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "step": 3,  # what mmgpt.train writes
+                "model_config": config_dict(model.config), "model": model.state_dict(),
                 "optimizer": {}}, path)
     images, ids = _batch()
     loaded = MultimodalGPT.load(path, config=model.config).eval()
@@ -416,8 +415,8 @@ def test_load_reads_a_training_checkpoint_with_the_same_checks(tmp_path):
     del state["decoder.ln_f.weight"]
     with pytest.raises(ValueError, match=r"checkpoint: the weights in .* do not fit its config: "
                                          r"Missing key.*decoder.ln_f.weight"):
-        MultimodalGPT.from_checkpoint({"format": CHECKPOINT_FORMAT, config_key:
-                                       config_dict(model.config), weights_key: state})
+        MultimodalGPT.from_checkpoint({"format": CHECKPOINT_FORMAT, "model_config":
+                                       config_dict(model.config), "model": state})
 
 
 @pytest.mark.parametrize("fusion", ["cross", "late"])
@@ -429,3 +428,27 @@ def test_a_training_step_reads_no_value_off_the_cpu(fusion):
     images, ids = _batch()
     logits, loss = model(images.to("meta"), ids.to("meta"), ids.to("meta"))
     assert logits.shape == (3, 10, V) and loss.shape == ()
+
+
+def test_save_writes_the_training_checkpoint_keys_and_version_1_files_still_load(tmp_path):
+    # One set of keys: save's file holds the model as a training checkpoint does
+    # (test_train checks that a training checkpoint holds these keys).
+    from mmgpt.model import config_dict
+
+    model = _model("prefix").eval()
+    model.save(tmp_path / "model.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(saved) == {"format", "version", "model_config", "model"} and saved["version"] == 2
+    # A file from save's first version (keys "config", "state_dict") loads, with the checks.
+    images, ids = _batch()
+    old = tmp_path / "old.pt"
+    torch.save({"format": saved["format"], "version": 1, "config": config_dict(model.config),
+                "state_dict": model.state_dict()}, old)
+    loaded = MultimodalGPT.load(old, config=model.config).eval()
+    assert torch.equal(loaded(images, ids)[0], model(images, ids)[0])
+    with pytest.raises(ValueError, match="differs in dim: checkpoint 32, expected 64"):
+        MultimodalGPT.load(old, config=dataclasses.replace(model.config, dim=64))
+    torch.save({"format": saved["format"], "version": 1, "config": config_dict(model.config),
+                "model": model.state_dict()}, old)  # half old keys, half new: refused
+    with pytest.raises(ValueError, match="do not fit its config"):
+        MultimodalGPT.load(old)
