@@ -16,7 +16,8 @@ checkpoint and ``metrics.jsonl``:
 * ``bench.json``: :func:`mmgpt.bench.bench` of the preset on this machine (the training
   step and the data pipeline, timed apart);
 * ``wall.json``: the training's wall time, evaluations included, summed over resumes;
-* ``final.json``: :func:`mmgpt.evaluate.evaluate_splits` on ``--eval-size`` held-out scenes
+* ``final.json``: :func:`mmgpt.train.evaluate_run` (the run's checkpoint through
+  :func:`mmgpt.evaluate.evaluate_splits`) on ``--eval-size`` held-out scenes
   per split, larger than the run's own evaluations.
 
 ``--finish RUN`` records a run that ``python -m mmgpt.train`` already trained: it evaluates
@@ -36,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -106,21 +107,13 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _final(run: str, eval_size: int, device) -> dict:
-    from .data import Collate
-    from .evaluate import evaluate_splits
-    from .train import (CHECKPOINT, build_datasets, config_from_checkpoint, load_checkpoint,
-                        model_from_checkpoint)
+def _final(run: str, eval_size: int, device) -> Tuple[dict, dict]:
+    """The run's final evaluation (:func:`mmgpt.train.evaluate_run`) and its config."""
+    from .model import config_dict
+    from .train import evaluate_run
 
-    path = os.path.join(run, CHECKPOINT)
-    ckpt = load_checkpoint(path)
-    config = config_from_checkpoint(ckpt, path)
-    config.eval_size = eval_size
-    model, tokenizer = model_from_checkpoint(ckpt)
-    model.to(device)
-    collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
-    result = evaluate_splits(model, tokenizer, build_datasets(config), device, collate)
-    return dict(result, step=ckpt["step"], eval_size=eval_size), ckpt["train_config"]
+    result, config = evaluate_run(run, eval_size, device)
+    return dict(result, eval_size=eval_size), config_dict(config)
 
 
 def finish(run: str, out: str, command: str, eval_size: int = 2000, device=None,

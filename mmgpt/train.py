@@ -25,7 +25,10 @@ How a step is built, and why a run can be resumed exactly:
   the end, and when the run is interrupted by Ctrl-C or SIGTERM) hold the model, the
   optimizer, the gradient scaler, the tokenizer, both configs and the step. They are
   written atomically (:func:`mmgpt.utils.save_atomic`) and read with
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)``. The model sits under the keys of
+  :meth:`MultimodalGPT.save`'s file (``model_config``, ``model``) and is read back, to
+  resume, to start from ``init_from`` or to evaluate, by the same reader,
+  :meth:`MultimodalGPT.from_checkpoint`.
 
 Metrics go to ``metrics.jsonl`` in the output folder, one JSON object per line: training
 lines (``"kind": "train"``: loss, learning rate, samples/s) and evaluation lines
@@ -54,7 +57,7 @@ from ._checks import integer, items, names, number, one_of
 from .data import Collate, RenderedPool, ShapesDataset, caption_corpus
 from .evaluate import evaluate_splits
 from .loss import IGNORE_INDEX, cross_entropy
-from .model import MultimodalGPT, MultimodalGPTConfig
+from .model import MultimodalGPT, MultimodalGPTConfig, config_dict
 from .patches import LearnedPositionEmbedding
 from .tokenizer import BPETokenizer
 from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
@@ -62,7 +65,7 @@ from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
 __all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "TaskMix", "step_indices", "lr_at",
            "make_optimizer", "freeze", "train_mode", "amp_dtype", "usable_workers", "train_step",
            "make_loader", "config_from_checkpoint", "build_tokenizer", "build_datasets",
-           "load_checkpoint", "train", "main"]
+           "load_checkpoint", "model_from_checkpoint", "evaluate_run", "train", "main"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -419,8 +422,7 @@ def train_step(net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
 # Checkpoints
 # --------------------------------------------------------------------------------------
 
-def _config_dict(config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))  # plain lists, no tuples
+_config_dict = config_dict  # the name tests/test_gpu_path.py still uses; use config_dict
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -464,6 +466,23 @@ def model_from_checkpoint(ckpt: dict) -> Tuple[MultimodalGPT, BPETokenizer]:
                          f"(NaN or inf in {len(broken)} tensors, e.g. {broken[0]}): the run "
                          f"that saved it diverged")
     return model.eval(), tokenizer
+
+
+def evaluate_run(run, eval_size: Optional[int] = None, device="cpu"
+                 ) -> Tuple[dict, TrainConfig]:
+    """Evaluate a trained run: the model in its checkpoint (``run`` is the run's folder or
+    the checkpoint file) on the held-out splits of the run's own data, ``eval_size`` scenes
+    per split (default: the run's ``eval_size``), with :func:`mmgpt.evaluate.evaluate_splits`.
+    Returns the accuracies with the checkpoint's ``step``, and the run's config."""
+    path = os.path.join(run, CHECKPOINT) if os.path.isdir(run) else run
+    ckpt = load_checkpoint(path)
+    config = config_from_checkpoint(ckpt, path)
+    model, tokenizer = model_from_checkpoint(ckpt)
+    held_out = build_datasets(config if eval_size is None
+                              else dataclasses.replace(config, eval_size=eval_size))
+    collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
+    result = evaluate_splits(model.to(device), tokenizer, held_out, device, collate)
+    return dict(result, step=ckpt["step"]), config
 
 
 # --------------------------------------------------------------------------------------
@@ -642,7 +661,7 @@ def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evalua
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
 
-    start = 0
+    start, ckpt, init = 0, None, None
     if resume:
         ckpt = load_checkpoint(ckpt_path)
         _check_same_run(config, config_from_checkpoint(ckpt, ckpt_path), out_dir)
@@ -658,20 +677,18 @@ def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evalua
     torch.manual_seed(config.seed)
     model_config = MultimodalGPTConfig.for_tokenizer(tokenizer, image_size=config.image_size,
                                                      **config.model)
-    model = MultimodalGPT(model_config)
-    if not resume and config.init_from:
-        if MultimodalGPTConfig(**init["model_config"]) != model_config:
-            raise ValueError(f"train: init_from={config.init_from} holds a model with another "
-                             f"config than this run's; give both runs the same model settings")
-        model.load_state_dict(init["model"])
+    if ckpt or init:  # the one checkpoint reader: the model config this run asks for, or an error
+        where = ckpt_path if resume else f"init_from={config.init_from}"
+        model = MultimodalGPT.from_checkpoint(ckpt or init, model_config, where=where, fn="train")
         del init
+    else:
+        model = MultimodalGPT(model_config)
     frozen = freeze(model, config.freeze)
     model.to(device)
     optimizer = make_optimizer(model, config)
     amp = amp_dtype(config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     if resume:
-        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         _truncate_metrics(os.path.join(out_dir, METRICS), start)
@@ -708,8 +725,8 @@ def _wrap(model: MultimodalGPT, device: torch.device, world: int, compiled: bool
 
 def _check_same_run(config: TrainConfig, saved: TrainConfig, out_dir: str) -> None:
     """A resumed run may differ from the one it continues only in :data:`RESUMABLE_CHANGES`."""
-    saved = _config_dict(saved)
-    diff = [k for k, v in _config_dict(config).items()
+    saved = config_dict(saved)
+    diff = [k for k, v in config_dict(config).items()
             if saved[k] != v and k not in RESUMABLE_CHANGES]
     if diff:
         raise ValueError(f"train: --resume with another config than the run in {out_dir}; "
@@ -868,8 +885,8 @@ def _save(run: _Run) -> None:
         model, optimizer, scaler, tokenizer = run.model, run.optimizer, run.scaler, run.tokenizer
         ckpt_path = run.ckpt_path
         save_atomic({"format": CHECKPOINT_FORMAT, "version": 1, "step": step,
-                     "train_config": _config_dict(config),
-                     "model_config": _config_dict(model_config),
+                     "train_config": config_dict(config),
+                     "model_config": config_dict(model_config),
                      "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "tokenizer": tokenizer.to_dict()},
                     ckpt_path)
@@ -952,7 +969,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         overrides = parse_overrides(args.set)
         if resuming and args.preset is None:  # the run's own settings, and what --set changes
-            values = _config_dict(config_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path))
+            values = config_dict(config_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path))
             model = dict(values.pop("model"), **overrides.pop("model", {}))
             config = TrainConfig(**dict(values, **overrides, model=model))
         else:

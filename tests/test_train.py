@@ -297,3 +297,27 @@ def test_weight_decay_groups_by_role_are_the_ones_the_class_name_rule_chose(pres
         names = {id(p): n for n, p in model.named_parameters()}
         assert {names[id(p)] for p in decay["params"]} == _decayed_by_class_name(model), variant
         assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+def test_the_training_checkpoint_holds_the_model_file_and_one_reader_reads_it(tmp_path):
+    from mmgpt.model import MultimodalGPT
+
+    tr.train(tiny(steps=2), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / tr.CHECKPOINT
+    ckpt = tr.load_checkpoint(path)
+    model, _ = tr.model_from_checkpoint(ckpt)
+    model.save(tmp_path / "model.pt")
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(saved) <= set(ckpt) and saved["model_config"] == ckpt["model_config"]
+    assert saved["model"].keys() == ckpt["model"].keys()
+    assert all(torch.equal(saved["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+    assert torch.equal(MultimodalGPT.load(path).decoder.ln_f.weight, model.decoder.ln_f.weight)
+    # init_from with another model: the reader's error, naming the file and what differs
+    other = tiny(steps=1, init_from=str(path), model=dict(dim=64, num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match=r"train: init_from=.*checkpoint.pt does not fit the "
+                                         r"config asked for; it differs in dim: checkpoint 32"):
+        tr.train(other, tmp_path / "other", progress=False)
+    # the one evaluation of a run (mmgpt.record and python -m mmgpt.evaluate call it)
+    result, config = tr.evaluate_run(tmp_path / "run", eval_size=4)
+    assert result["step"] == 2 and "all" in result["test"]
+    assert config == tr.config_from_checkpoint(ckpt) and config.eval_size == 8

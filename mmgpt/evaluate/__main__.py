@@ -4,23 +4,21 @@ run, read from its checkpoint, as a table (or JSON).
     python -m mmgpt.evaluate runs/cpu                 # evaluate the run's checkpoint
     python -m mmgpt.evaluate runs/cpu --size 2000     # on more held-out scenes
 
-The command line opens what :mod:`mmgpt.train` wrote (its checkpoint, its config, its
-data splits), so it sits on top of both modules: ``mmgpt.train`` uses ``mmgpt.evaluate``,
-and nothing in ``mmgpt.evaluate`` itself uses ``mmgpt.train``.
+The command line evaluates what :mod:`mmgpt.train` wrote (its checkpoint, its config, its
+data splits) with :func:`mmgpt.train.evaluate_run`, so it sits on top of both modules:
+``mmgpt.train`` uses ``mmgpt.evaluate``, and nothing in ``mmgpt.evaluate`` itself uses
+``mmgpt.train``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional, Sequence
 
-from ..data import Collate
-from ..train import (CHECKPOINT, build_datasets, config_from_checkpoint, load_checkpoint,
-                     model_from_checkpoint)
+from ..train import evaluate_run
 from ..utils import get_device
-from . import evaluate_splits, format_table
+from . import format_table
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -31,25 +29,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    path = os.path.join(args.run, CHECKPOINT) if os.path.isdir(args.run) else args.run
     if args.size is not None and args.size < 1:
         parser.error(f"--size must be a positive int, got {args.size}")
     try:
-        ckpt = load_checkpoint(path)
-        config = config_from_checkpoint(ckpt, path)
-        model, tokenizer = model_from_checkpoint(ckpt)
+        result, _ = evaluate_run(args.run, args.size, get_device(args.device))
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    if args.size is not None:
-        config.eval_size = args.size
-    try:
-        device = get_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    model.to(device)
-    collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
-    result = evaluate_splits(model, tokenizer, build_datasets(config), device, collate)
-    result["step"] = ckpt["step"]
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return 0
 
