@@ -16,11 +16,11 @@ Two speeds, measured apart, because either can be the one that limits a run:
 device trains one: below 1 the device waits for the CPU.
 
 **MFU** (model FLOPs utilisation) is the share of the device's peak the training step
-achieves: ``6 * parameters * tokens`` FLOPs per step for the dense layers (2 forward and 4
-backward per weight and token), plus attention's ``12 * layers * dim * positions`` per token,
-plus the image encoder's convolutions (counted with forward hooks, times 3), divided by the
-time and by the peak in :data:`PEAK_TFLOPS` for the device's name (dense bf16/fp16 tensor-core
-peak; unknown devices and CPUs report no MFU).
+achieves: the FLOPs of the step's matrix products (:func:`step_flops`, the count PyTorch's
+``FlopCounterMode`` makes of one forward and backward pass: ``tests/test_bench.py``), divided
+by the time and by the peak in :data:`PEAK_TFLOPS` for the device's name (dense bf16/fp16
+tensor-core peak; unknown devices and CPUs report no MFU). Elementwise work (layer norms,
+softmax, the optimizer) is not counted, as in every MFU.
 """
 from __future__ import annotations
 
@@ -34,14 +34,16 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .conv import Conv2d
 from .data import Collate, RenderedPool
+from .fusion import CrossAttentionFusion, PrefixFusion
 from .model import MultimodalGPT, MultimodalGPTConfig
 from .train import (PRESETS, TrainConfig, amp_dtype, build_datasets, build_tokenizer, lr_at,
                     make_loader, make_optimizer, parse_overrides, step_indices, train_mode,
                     train_step, usable_workers)
 from .utils import get_device
 
-__all__ = ["PEAK_TFLOPS", "peak_tflops", "conv_flops", "step_flops", "data_speed", "bench",
+__all__ = ["PEAK_TFLOPS", "peak_tflops", "encoder_flops", "step_flops", "data_speed", "bench",
            "main"]
 
 # Dense 16-bit tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, keyed
@@ -72,38 +74,83 @@ def peak_tflops(device: torch.device, name: Optional[str] = None) -> Optional[fl
     return None
 
 
-def conv_flops(model: MultimodalGPT, images: torch.Tensor) -> int:
-    """Forward FLOPs of the image encoder's convolutions and linear layers for one batch."""
+def encoder_flops(model: MultimodalGPT, images: torch.Tensor) -> int:
+    """Training FLOPs of the image encoder's convolutions and linear layers on ``images``.
+
+    Each layer's forward product costs ``2 * output.numel() * fan_in`` (a multiply and an
+    add per weight and output). The backward pass repeats it once for the gradient of the
+    weight and once for the gradient of the input, but the layer that reads the images has
+    no input gradient to compute (nothing upstream learns): 3 times the forward for every
+    layer but that one, 2 times for it. Forward hooks see the output sizes, which depend on
+    the image size and the encoder's strides. The encoder runs in eval mode here, so batch
+    norm's running statistics are left as they were.
+    """
     total = 0
 
     def hook(module, inputs, output):
         nonlocal total
-        weight = module.weight
-        if weight.dim() == 4:  # conv: 2 * k*k*c_in/groups per output element
-            total += 2 * output.numel() * weight[0].numel()
-        else:
-            total += 2 * output.numel() * weight.shape[1]
+        fan_in = module.weight[0].numel()  # in_features, or k*k*in_channels/groups
+        passes = 1 + inputs[0].requires_grad + module.weight.requires_grad
+        total += passes * 2 * output.numel() * fan_in
 
-    handles = [m.register_forward_hook(hook) for m in model.encoder.modules()
-               if hasattr(m, "weight") and isinstance(m.weight, torch.Tensor)
-               and m.weight is not None and m.weight.dim() in (2, 4)
-               and not isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm))]
-    with torch.no_grad():
-        model.encoder(images)
-    for h in handles:
-        h.remove()
+    layers = [m for m in model.encoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d, Conv2d))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    modes = {m: m.training for m in model.encoder.modules()}
+    try:
+        model.encoder.eval()
+        with torch.enable_grad():  # so that inputs[0].requires_grad tells the first layer
+            model.encoder(images)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
     return total
 
 
+def _weights(*modules: nn.Module) -> int:
+    """Weights of the linear layers in ``modules``: the multiply-adds per position."""
+    return sum(m.weight.numel() for module in modules for m in module.modules()
+               if isinstance(m, nn.Linear))
+
+
 def step_flops(model: MultimodalGPT, images: torch.Tensor, input_ids: torch.Tensor) -> int:
-    """Training FLOPs of one step (see the module docstring)."""
-    c = model.config
+    """FLOPs of the matrix products in one training step of ``model`` on this batch.
+
+    A linear layer with ``W`` weights costs ``2 * W`` FLOPs per position forward (a
+    multiply and an add per weight) and ``4 * W`` backward (the gradients of its input and
+    of its weights): ``6 * W`` per position, the ``6 * parameters * tokens`` rule, applied
+    to the layers that run at each position rather than to the parameter count (embedding
+    lookups, position tables, layer norms and biases are no matrix products; the head runs
+    on the text positions only). Attention adds two products per block, the scores
+    ``q @ k.T`` and the weighted values ``p @ v``, ``2 * L * L * dim`` FLOPs each per
+    sequence forward, 3 times that with the backward. They are counted over the full
+    ``L x L`` square, not its causal half: the kernels compute the whole square and mask it
+    (PyTorch's FlopCounterMode counts it so too). The bench trains every parameter.
+    """
+    c, decoder = model.config, model.decoder
     B, T = input_ids.shape
-    positions = T + (model.num_image_tokens if c.fusion == "prefix" else 0)
-    decoder_params = sum(p.numel() for p in model.decoder.parameters())
-    dense = 6 * decoder_params * B * positions
-    attention = 12 * c.num_layers * c.dim * positions * positions * B
-    return dense + attention + 3 * conv_flops(model, images)
+    N, d = model.num_image_tokens, c.dim
+    # Positions the blocks read: prefix fusion splices the N image tokens in place of the
+    # <image> placeholder (once: T + N - 1; or N placeholders in a row: T).
+    L = T
+    if isinstance(model.fusion, PrefixFusion):
+        L = T + N - int((input_ids[0] == model.fusion.image_token_id).sum())
+    # The blocks' linear layers (q, k, v, out, MLP) at every position.
+    blocks = 6 * _weights(decoder.blocks) * B * L
+    # Attention's two L x L products in every block.
+    attention = 3 * 2 * (2 * L * L * d) * B * len(decoder.blocks)
+    # The head (tied to the token embedding or not) at the T text positions.
+    head = 6 * decoder.head.weight.numel() * B * T
+    # Cross fusion's gated layers: queries, output and MLP at the T text positions, keys
+    # and values at the N image tokens, and the T x N attention between them.
+    cross = 0
+    if isinstance(model.fusion, CrossAttentionFusion):
+        for layer in model.fusion.layers:
+            image_side = _weights(layer.attn.k_proj, layer.attn.v_proj)
+            text_side = _weights(layer) - image_side
+            cross += 6 * (text_side * T + image_side * N) * B + 3 * 2 * (2 * T * N * d) * B
+    return encoder_flops(model, images) + blocks + attention + head + cross
 
 
 def data_speed(config: TrainConfig, collate: Collate, batches: int = 20,
