@@ -422,9 +422,6 @@ def train_step(net: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
 # Checkpoints
 # --------------------------------------------------------------------------------------
 
-_config_dict = config_dict  # the name tests/test_gpu_path.py still uses; use config_dict
-
-
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Read a training checkpoint (``weights_only=True``) and check that it is one."""
     fn = "load_checkpoint"

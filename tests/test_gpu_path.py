@@ -206,12 +206,13 @@ def test_the_recorded_full_task_run_is_the_gpu_preset():
     import pathlib
 
     from mmgpt import record
+    from mmgpt.model import config_dict
 
     folder = pathlib.Path(tr.__file__).parent / "results" / "cpu-full"
     for name in record.FILES:
         assert (folder / name).is_file(), name
     recorded = json.loads((folder / "train_config.json").read_text())
-    preset = tr._config_dict(tr.TrainConfig.from_preset("gpu"))
+    preset = config_dict(tr.TrainConfig.from_preset("gpu"))
     differs = sorted(k for k in preset if recorded.get(k) != preset[k])
     assert set(differs) <= {"num_workers", "device"}, differs
     env = json.loads((folder / "environment.json").read_text())
