@@ -10,7 +10,8 @@ gives the same dict without the pixels, which is what the baselines read.
                                    (:mod:`mmgpt.data.shapes`)
 ``DigitStringsDataset``            2-4 real handwritten digits (scikit-learn's) per image,
                                    read aloud and counted (:mod:`mmgpt.data.digits`)
-``FolderDataset``                  your own images with a JSON-lines index
+``FolderDataset``                  your own images with a JSON-lines index or a LLaVA-style
+``split_by_image``                 conversation list; a split held out by image
                                    (:mod:`mmgpt.data.folder`)
 ``Collate`` / ``make_collate``     samples -> padded token ids with the ``<image>`` slot,
 ``collate``                        attention and loss masks (:mod:`mmgpt.data.batching`)
@@ -25,7 +26,7 @@ from .baselines import caption_corpus, majority_baseline, text_only_baseline
 from .batching import IGNORE_INDEX, Collate, collate, make_collate
 from .common import NUMBER_WORDS, Rng
 from .digits import DIGIT_FAMILIES, DigitString, DigitStringsDataset, load_digit_sources
-from .folder import FolderDataset, load_image
+from .folder import FolderDataset, load_image, split_by_image
 from .pool import RenderedPool
 from .shapes import (BACKGROUND, COLORS, DEFAULT_HELDOUT, FAMILIES, SHAPES, Scene, ShapeObject,
                      ShapesDataset, render_scene)
@@ -34,7 +35,7 @@ __all__ = [
     "ShapesDataset", "Scene", "ShapeObject", "render_scene", "COLORS", "SHAPES", "BACKGROUND",
     "FAMILIES", "DEFAULT_HELDOUT",
     "DigitStringsDataset", "DigitString", "DIGIT_FAMILIES", "load_digit_sources",
-    "FolderDataset", "load_image",
+    "FolderDataset", "load_image", "split_by_image",
     "RenderedPool",
     "Collate", "make_collate", "collate", "IGNORE_INDEX",
     "majority_baseline", "text_only_baseline", "caption_corpus",
