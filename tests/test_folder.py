@@ -190,6 +190,9 @@ def test_load_image_errors_name_the_file(root):
         load_image(root / "missing.png")
     with pytest.raises(ValueError, match="NUL"):
         load_image("a\x00.png")
+    os.mkfifo(root / "pipe.png")  # refused at once, not waited on
+    with pytest.raises(ValueError, match=r"load_image: '.*pipe\.png' is not a regular file"):
+        load_image(root / "pipe.png")
     with open(root / "a.png", "rb") as f:  # a file object works too
         assert load_image(f).shape == (3, 8, 10)
 
@@ -345,5 +348,10 @@ def test_split_holds_out_by_image_unless_the_folder_brings_its_own(root):
     assert len(FolderDataset(root, "index.jsonl", split="test", holdout=0.3, seed=1)) == 9  # index= wins
     with pytest.raises(ValueError, match="split must be"):
         FolderDataset(root, split="validation")
+    for bad in (0, 1, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="holdout must be a number in \\(0, 1\\)"):
+            FolderDataset(root, split="train", holdout=bad)
+    with pytest.raises(ValueError, match="seed must be"):
+        FolderDataset(root, split="train", seed=-1)
     sub = train.subset([0, 2])
     assert len(sub) == 2 and sub.describe(1) == train.describe(2) and len(train) == 21

@@ -235,6 +235,10 @@ class FolderDataset:
             _checks.positive_int(image_size, "image_size", owner)
         self.max_pixels = _check_max_pixels(max_pixels, owner)
         self.split = _checks.one_of(split, "split", owner, (None,) + SPLITS)
+        holdout = _checks.number(holdout, "holdout", owner, 0, 1, low_open=True, high_open=True)
+        seed = _checks.integer(seed, "seed", owner, minimum=0)
+        strict = _checks.boolean(strict, "strict", owner)
+        check_images = _checks.boolean(check_images, "check_images", owner)
         self._real_root = os.path.realpath(self.root)
         self.index, own = self._find_index(index, split)
         self.format = self._sniff()
@@ -254,8 +258,6 @@ class FolderDataset:
         self.records = records
         self.split_source = self.index.name
         if split is not None and not own:
-            holdout = _checks.number(holdout, "holdout", owner, 0, 1, low_open=True, high_open=True)
-            seed = _checks.integer(seed, "seed", owner, minimum=0)
             sides = dict(zip(SPLITS, split_by_image(self, holdout, seed)))
             self.records = [records[i] for i in sides[split]]
             self.split_source = f"{self.index.name} held out by image (holdout={holdout}, seed={seed})"
