@@ -19,13 +19,14 @@ module                 what it holds                                            
 ``mmgpt.train``        the training loop: presets, resume, fine-tuning, DDP           10, 13
 ``mmgpt.evaluate``     accuracy per question family and split, baselines, plots       10-11
 ``mmgpt.bench``        training speed: samples/s, tokens/s, MFU                       11, 13
+``mmgpt.ask``          a trained model's caption of an image file, or its answer      --
 ``mmgpt.viz``          attention maps and rollout, object share, confusion matrices   12
 ``mmgpt.utils``        seeding, device choice, autocast dtype, atomic save            all
 ``mmgpt.book``         helpers for reading the book (show_source)                     all
 =====================  =============================================================  =======
 
-``mmgpt.train``, ``mmgpt.evaluate`` and ``mmgpt.bench`` are also command-line programs
-(``python -m mmgpt.train --help``), so ``import mmgpt`` leaves them to be imported by name.
+``mmgpt.train``, ``mmgpt.evaluate``, ``mmgpt.bench`` and ``mmgpt.ask`` are also command-line
+programs (``python -m mmgpt.train --help``), so ``import mmgpt`` leaves them to be imported by name.
 """
 from . import (
     attention,

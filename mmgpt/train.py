@@ -1,6 +1,8 @@
-"""Train a MultimodalGPT on the book's shapes scenes: a Python API and a command line.
+"""Train a MultimodalGPT on the book's shapes scenes, or on your own folder of images: a
+Python API and a command line.
 
     python -m mmgpt.train --preset cpu --out runs/cpu          # ~4 minutes on 2 CPU cores
+    python -m mmgpt.train --data my_photos --preset folder --out runs/mine   # your own folder
     python -m mmgpt.train --preset gpu --out runs/gpu          # the full task, one GPU
     python -m mmgpt.train --preset cpu --out runs/cpu --resume # continue where it stopped
     torchrun --nproc_per_node 2 -m mmgpt.train --preset cpu --out runs/ddp   # DDP
@@ -34,6 +36,25 @@ Metrics go to ``metrics.jsonl`` in the output folder, one JSON object per line: 
 lines (``"kind": "train"``: loss, learning rate, samples/s) and evaluation lines
 (``"kind": "eval"``: accuracy per question family on held-out scenes, on the compositional
 split, and with a blank image; see :mod:`mmgpt.evaluate`).
+
+**Your own folder** (``data=PATH``, ``--data PATH``: a folder that
+:class:`~mmgpt.data.FolderDataset` reads, or its index file) replaces the shapes scenes; the
+rest of the run (steps, batches, checkpoints, resume, metrics) is the same code:
+
+* the tokenizer is trained on the texts of the folder's training side (captions, questions,
+  answers); it is byte-level, so held-out or new texts still encode, in more tokens;
+* every image is resized to ``image_size``;
+* captions and questions are mixed as the folder has them (:class:`FolderTasks`): a line with
+  a caption and a question is two samples, so ``caption_fraction`` is not used;
+* a share ``val_fraction`` of the folder's *images*, with all their lines, is held out to
+  evaluate on (one image's questions are never on both sides), unless the folder brings its
+  own ``train.jsonl``/``test.jsonl`` (or ``.json``); the evaluation reports accuracy per
+  ``family`` (captions are the family ``"caption"``) on that side, with the baselines;
+* a text too long for the model's ``context_length`` is an error before training starts,
+  naming its line and the lengths (:func:`check_context`): nothing is cut.
+
+The shapes settings (``num_objects``, ``families``, ``caption_fraction``, ``train_size``,
+``eval_size``, ``tokenizer_corpus``) are not used with ``data``.
 """
 from __future__ import annotations
 
@@ -46,6 +67,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -54,7 +76,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import integer, items, names, number, one_of
-from .data import Collate, RenderedPool, ShapesDataset, caption_corpus
+from .data import Collate, FolderDataset, RenderedPool, ShapesDataset, caption_corpus
 from .evaluate import evaluate_splits
 from .loss import IGNORE_INDEX, cross_entropy
 from .model import MultimodalGPT, MultimodalGPTConfig, config_dict
@@ -62,10 +84,11 @@ from .patches import LearnedPositionEmbedding
 from .tokenizer import BPETokenizer
 from .utils import autocast_dtype, get_device, load_weights_only, save_atomic
 
-__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "TaskMix", "step_indices", "lr_at",
+__all__ = ["TrainConfig", "PRESETS", "RESUMABLE_CHANGES", "TaskMix", "FolderTasks", "read_folder",
+           "check_context", "step_indices", "lr_at",
            "make_optimizer", "freeze", "train_mode", "amp_dtype", "usable_workers", "train_step",
            "make_loader", "config_from_checkpoint", "build_tokenizer", "build_datasets",
-           "load_checkpoint", "model_from_checkpoint", "evaluate_run", "train", "main"]
+           "load_checkpoint", "model_from_checkpoint", "load_run", "evaluate_run", "train", "main"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -117,6 +140,9 @@ class TrainConfig:
     ckpt_every: int = 250
     log_every: int = 10
     max_minutes: Optional[float] = None  # stop (and save) after this wall time
+    # your own data, instead of the shapes scenes (see the module docstring)
+    data: Optional[str] = None         # a folder FolderDataset reads, or its index file
+    val_fraction: float = 0.1          # share of its images held out (unless it has train/test)
 
     def __post_init__(self):
         fn = "TrainConfig"
@@ -138,7 +164,12 @@ class TrainConfig:
         number(self.caption_fraction, "caption_fraction", fn, 0, 1)
         if self.max_minutes is not None:
             number(self.max_minutes, "max_minutes", fn, low=0, low_open=True)
-        if self.render_once and self.train_size * 3 * self.image_size ** 2 > RENDER_ONCE_BYTES:
+        if self.data is not None:
+            if not isinstance(self.data, (str, os.PathLike)) or not os.fspath(self.data).strip():
+                raise ValueError(f"{fn}: data must be a folder (or its index file), got {self.data!r}")
+            self.data = os.path.abspath(os.fspath(self.data))  # a resumed run finds it from anywhere
+        number(self.val_fraction, "val_fraction", fn, 0, 1, low_open=True, high_open=True)
+        if self.data is None and self.render_once and self.train_size * 3 * self.image_size ** 2 > RENDER_ONCE_BYTES:
             raise ValueError(f"{fn}: render_once keeps train_size scenes in memory, 3 * "
                              f"image_size**2 bytes each: train_size={self.train_size} at "
                              f"image_size={self.image_size} is over 16 GiB; lower train_size")
@@ -206,6 +237,15 @@ PRESETS: Dict[str, dict] = {
                 eval_every=1_000, ckpt_every=500, num_workers=6, log_every=50,
                 model=dict(dim=128, num_layers=4, num_heads=4, fusion="prefix", fused=True,
                            cnn_blocks=1, cnn_widths=(16, 32, 64))),
+    # Your own folder (--data PATH) of a few thousand images on a laptop CPU: 64 pixels (a
+    # 4x4 grid of image tokens, as 32 pixels give the shapes), room for sentence-long captions
+    # (64 tokens), the images decoded and resized once into memory (12 KiB a sample), about
+    # 10 minutes on 2 CPU cores. The model is the cpu preset's with one more CNN stage.
+    "folder": dict(image_size=64, vocab_size=512, render_once=True, val_fraction=0.1,
+                   steps=2_000, batch_size=32, lr=1e-3, min_lr=1e-4, warmup_steps=50,
+                   eval_every=250, ckpt_every=250,
+                   model=dict(dim=96, num_layers=2, num_heads=4, context_length=64,
+                              fusion="prefix", fused=True)),
     # A few seconds, for tests and for trying the command line.
     "tiny": dict(image_size=32, num_objects=(1, 2), families=("shape", "color"),
                  steps=20, batch_size=16, eval_size=64, vocab_size=300, tokenizer_corpus=2_000,
@@ -251,14 +291,121 @@ class TaskMix:
         return sample
 
 
-def build_tokenizer(config: TrainConfig) -> BPETokenizer:
-    """A BPE tokenizer trained on the book's caption corpus (deterministic, a few seconds)."""
-    return BPETokenizer.train(caption_corpus(config.tokenizer_corpus, seed=0), config.vocab_size)
+class FolderTasks:
+    """A folder's samples (a :class:`~mmgpt.data.FolderDataset`) as the samples a run trains
+    and evaluates on: a caption is one, a question with its answer another, so a line that
+    has both is two, and the mix of captions and questions is the folder's own. A caption
+    sample has ``family="caption"`` and no question, a question sample no caption, as the
+    task mix of the shapes scenes (:class:`TaskMix`) makes them."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.items: List[Tuple[int, str]] = []
+        for i in range(len(folder)):
+            sample = folder.describe(i)
+            self.items += [(i, kind) for kind, field in (("caption", "caption"), ("qa", "question"))
+                           if sample.get(field) is not None]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @staticmethod
+    def _task(sample: dict, kind: str) -> dict:
+        if kind == "caption":
+            return dict(sample, question=None, answer=None, family="caption")
+        return dict(sample, caption=None)
+
+    def describe(self, index: int) -> dict:
+        """Sample ``index`` without its image (what the baselines and checks read)."""
+        i, kind = self.items[index]
+        return self._task(self.folder.describe(i), kind)
+
+    def __getitem__(self, index: int) -> dict:
+        i, kind = self.items[index]
+        return self._task(self.folder[i], kind)
+
+    def __repr__(self) -> str:
+        return f"FolderTasks({self.folder!r}, samples={len(self)})"
+
+
+def read_folder(path, image_size: Optional[int] = None, split: Optional[str] = None,
+                holdout: float = 0.1, seed: int = 0) -> FolderDataset:
+    """The :class:`~mmgpt.data.FolderDataset` at ``path`` (a folder, or an index file in
+    one). ``split="train"``/``"test"``: the folder's own split if it brings one, else its
+    index split by image (a share ``holdout`` of the images, drawn by ``seed``).
+    ``split=None``: the folder's own ``test`` side if it has one, else its whole index (a
+    folder to evaluate on)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data: {path} does not exist (expected a folder of images "
+                                f"with an index, or the index file)")
+    root, index = (path, None) if os.path.isdir(path) else (os.path.dirname(path), os.path.basename(path))
+    if split is None and index is None and any(os.path.isfile(os.path.join(root, f"test{ext}"))
+                                               for ext in (".jsonl", ".json")):
+        split = "test"
+    return FolderDataset(root, index, split=split, holdout=holdout, seed=seed, image_size=image_size)
+
+
+def _folder_texts(dataset) -> List[str]:
+    """Every caption, question and answer of a data set (read without its images)."""
+    return [sample[field] for i in range(len(dataset)) for sample in [dataset.describe(i)]
+            for field in ("caption", "question", "answer") if sample.get(field) is not None]
+
+
+def build_tokenizer(config: TrainConfig, datasets: Optional[dict] = None) -> BPETokenizer:
+    """A BPE tokenizer trained on the book's caption corpus (deterministic, a few seconds),
+    or, with ``config.data``, on the texts of the folder's training side (``datasets``:
+    :func:`build_datasets`'s, if already built)."""
+    if config.data is None:
+        return BPETokenizer.train(caption_corpus(config.tokenizer_corpus, seed=0), config.vocab_size)
+    train = (datasets or build_datasets(config))["train"]
+    return BPETokenizer.train(_folder_texts(train), config.vocab_size)
+
+
+def check_context(tokenizer, datasets: dict, context_length: int, fn: str = "train") -> None:
+    """Every sample of ``datasets`` (a dict of data sets with ``describe``) must fit in the
+    model's ``context_length`` as :class:`~mmgpt.data.Collate` lays it out; else one error
+    that counts the samples too long and names the longest (its line), before any step is
+    taken: a sequence is never cut. A text the tokenizer cannot encode is named the same way."""
+    collate = Collate(tokenizer, task="auto", image_tokens=1)
+    too_long, longest = 0, (0, None)
+    for name, data in datasets.items():
+        for i in range(len(data)):
+            sample = data.describe(i)
+            try:
+                length = len(collate.encode(sample)[0])
+            except ValueError as err:
+                raise ValueError(f"{fn}: {_where(sample, name, i)}: {err}") from None
+            too_long += length > context_length
+            longest = max(longest, (length, _where(sample, name, i), sample), key=lambda x: x[0])
+    if too_long:
+        length, where, sample = longest
+        text = sample.get("question") or sample.get("caption")
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise ValueError(
+            f"{fn}: {too_long} sample(s) of the data are longer than the model's context_length="
+            f"{context_length} tokens; the longest, {where} ({text!r}), is {length} tokens with "
+            f"its prompt and answer. Nothing is cut: pass --set model.context_length={length} "
+            f"(TrainConfig(model=dict(context_length={length}))), or shorten the text")
+
+
+def _where(sample: dict, split: str, index: int) -> str:
+    """Where a sample comes from, for a message: its index line (a folder's), else its split
+    and position."""
+    if sample.get("where"):
+        return sample["where"]
+    return f"line {sample['line']}" if sample.get("line") else f"{split} sample {index}"
 
 
 def build_datasets(config: TrainConfig) -> Dict[str, object]:
     """The training mix and the evaluation splits: ``test`` (new scenes), ``heldout``
-    (the compositional split: colour-shape pairs never seen in training)."""
+    (the compositional split: colour-shape pairs never seen in training). With
+    ``config.data``: the folder's ``train`` and ``test`` sides as :class:`FolderTasks`
+    (its own split, or ``val_fraction`` of its images held out, drawn by ``seed``)."""
+    if config.data is not None:
+        side = dict(image_size=config.image_size, holdout=config.val_fraction, seed=config.seed)
+        return {split: FolderTasks(read_folder(config.data, split=split, **side))
+                for split in ("train", "test")}
     common = dict(image_size=config.image_size, num_objects=config.num_objects,
                   families=config.families, seed=config.seed)
     return {
@@ -274,11 +421,14 @@ def build_datasets(config: TrainConfig) -> Dict[str, object]:
 SEED_STRIDE = 1_000_003
 
 
-def step_indices(step: int, config: TrainConfig, rank: int = 0, world: int = 1) -> List[int]:
+def step_indices(step: int, config: TrainConfig, rank: int = 0, world: int = 1,
+                 size: Optional[int] = None) -> List[int]:
     """The training indices of step ``step`` for process ``rank`` of ``world``: the global
-    batch is a pure function of ``(seed, step)`` and each rank takes every ``world``-th."""
+    batch is a pure function of ``(seed, step)`` and each rank takes every ``world``-th.
+    They are drawn from ``range(size)``: the training set's length, ``config.train_size``
+    unless given (a folder's is its own)."""
     g = torch.Generator().manual_seed(config.seed * SEED_STRIDE + step)
-    batch = torch.randint(config.train_size, (config.batch_size,), generator=g)
+    batch = torch.randint(config.train_size if size is None else size, (config.batch_size,), generator=g)
     return batch[rank::world].tolist()
 
 
@@ -294,7 +444,7 @@ def make_loader(config: TrainConfig, dataset, collate: Collate, start: int = 0, 
                 world: int = 1, workers: int = 0, pin_memory: bool = False):
     """The DataLoader of a run: the batches of steps ``start .. steps - 1`` for this rank."""
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=_StepBatches(config, start, rank, world), collate_fn=collate,
+        dataset, batch_sampler=_StepBatches(config, start, rank, world, len(dataset)), collate_fn=collate,
         num_workers=workers, persistent_workers=False, pin_memory=pin_memory,
         worker_init_fn=_worker_ignores_stop_signals if workers else None)
 
@@ -302,12 +452,12 @@ def make_loader(config: TrainConfig, dataset, collate: Collate, start: int = 0, 
 class _StepBatches(torch.utils.data.Sampler):
     """Batch sampler for a DataLoader: the indices of steps ``start .. steps - 1``."""
 
-    def __init__(self, config: TrainConfig, start: int, rank: int, world: int):
-        self.config, self.start, self.rank, self.world = config, start, rank, world
+    def __init__(self, config: TrainConfig, start: int, rank: int, world: int, size: int):
+        self.config, self.start, self.rank, self.world, self.size = config, start, rank, world, size
 
     def __iter__(self) -> Iterator[List[int]]:
         for step in range(self.start, self.config.steps):
-            yield step_indices(step, self.config, self.rank, self.world)
+            yield step_indices(step, self.config, self.rank, self.world, self.size)
 
     def __len__(self) -> int:
         return max(0, self.config.steps - self.start)
@@ -465,21 +615,62 @@ def model_from_checkpoint(ckpt: dict) -> Tuple[MultimodalGPT, BPETokenizer]:
     return model.eval(), tokenizer
 
 
-def evaluate_run(run, eval_size: Optional[int] = None, device="cpu"
-                 ) -> Tuple[dict, TrainConfig]:
-    """Evaluate a trained run: the model in its checkpoint (``run`` is the run's folder or
-    the checkpoint file) on the held-out splits of the run's own data, ``eval_size`` scenes
-    per split (default: the run's ``eval_size``), with :func:`mmgpt.evaluate.evaluate_splits`.
-    Returns the accuracies with the checkpoint's ``step``, and the run's config."""
+def load_run(run, fn: str = "load_run") -> Tuple[MultimodalGPT, BPETokenizer, TrainConfig, int]:
+    """The model (eval mode, on the CPU), its tokenizer, the config and the step of a
+    training run (``run``: its folder or its checkpoint file). The tokenizer is always the
+    checkpoint's own, the one the model was trained with; a ``tokenizer.json`` beside the
+    checkpoint that is another one is refused (the files of two runs mixed up)."""
+    run = os.fspath(run)
+    if not os.path.exists(run):
+        raise FileNotFoundError(f"{fn}: no checkpoint at {run} (expected a run folder holding "
+                                f"{CHECKPOINT}, or the checkpoint file)")
     path = os.path.join(run, CHECKPOINT) if os.path.isdir(run) else run
     ckpt = load_checkpoint(path)
     config = config_from_checkpoint(ckpt, path)
     model, tokenizer = model_from_checkpoint(ckpt)
-    held_out = build_datasets(config if eval_size is None
-                              else dataclasses.replace(config, eval_size=eval_size))
+    beside = os.path.join(os.path.dirname(path), TOKENIZER)
+    if os.path.isfile(beside) and BPETokenizer.load(beside) != tokenizer:
+        raise ValueError(f"{fn}: {beside} is not the tokenizer {path} was trained with (the files "
+                         f"of two runs mixed up?); a model is only ever read with its own "
+                         f"tokenizer: restore the run's {TOKENIZER} or delete it")
+    return model, tokenizer, config, int(ckpt["step"])
+
+
+def evaluate_run(run, eval_size: Optional[int] = None, device="cpu", data=None
+                 ) -> Tuple[dict, TrainConfig]:
+    """Evaluate a trained run: the model in its checkpoint (``run`` is the run's folder or
+    the checkpoint file) on the held-out splits of the run's own data, ``eval_size`` scenes
+    per split (default: the run's ``eval_size``), with :func:`mmgpt.evaluate.evaluate_splits`.
+    ``data``: a folder to evaluate on instead (all of it, or its own ``test`` side; the
+    run's own folder means its held-out side), read with the run's tokenizer and image size;
+    the baselines still come from the run's training data, when it can still be read.
+    Returns the accuracies with the checkpoint's ``step``, and the run's config."""
+    model, tokenizer, config, step = load_run(run, "evaluate")
+    if data is None:
+        datasets = build_datasets(config if eval_size is None
+                                  else dataclasses.replace(config, eval_size=eval_size))
+    else:
+        try:
+            own = build_datasets(config)
+        except FileNotFoundError as err:
+            own = {}
+            warnings.warn(f"evaluate: the run's training data cannot be read ({err}); the "
+                          f"baselines are left out", stacklevel=2)
+        if config.data is not None and own and _same_file(data, config.data, own["train"].folder.index):
+            datasets = own  # the run's own folder: its held-out side, not the images it trained on
+        else:
+            datasets = {"test": FolderTasks(read_folder(data, image_size=config.image_size)),
+                        **{k: v for k, v in own.items() if k == "train"}}
+    if data is not None or config.data is not None:
+        check_context(tokenizer, {"test": datasets["test"]}, model.config.context_length, fn="evaluate")
     collate = Collate(tokenizer, task="auto", max_length=model.config.context_length)
-    result = evaluate_splits(model.to(device), tokenizer, held_out, device, collate)
-    return dict(result, step=ckpt["step"]), config
+    result = evaluate_splits(model.to(device), tokenizer, datasets, device, collate)
+    return dict(result, step=step), config
+
+
+def _same_file(path, *others) -> bool:
+    """Is ``path`` one of ``others`` (after links and relative parts are resolved)?"""
+    return os.path.realpath(path) in {os.path.realpath(p) for p in others}
 
 
 # --------------------------------------------------------------------------------------
@@ -650,14 +841,16 @@ class _Run:
 
 def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evaluate_fn,
                device: torch.device, rank: int, world: int, local_rank: int) -> _Run:
-    """Everything a run needs before its first step: the tokenizer and model (new, from
-    ``init_from``, or from the checkpoint it resumes), optimizer, gradient scaler, data."""
+    """Everything a run needs before its first step: the data, the tokenizer and model (new,
+    from ``init_from``, or from the checkpoint it resumes), optimizer, gradient scaler. A
+    folder's texts are checked to fit the model's context before anything is written."""
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     resume = _resolve_resume(resume, out_dir, rank)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
 
+    datasets = build_datasets(config)
     start, ckpt, init = 0, None, None
     if resume:
         ckpt = load_checkpoint(ckpt_path)
@@ -667,13 +860,15 @@ def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evalua
     else:
         init = load_checkpoint(config.init_from) if config.init_from else None
         tokenizer = (BPETokenizer(merges=init["tokenizer"]["merges"]) if init
-                     else build_tokenizer(config))
-        if rank == 0:
-            tokenizer.save(os.path.join(out_dir, TOKENIZER))
+                     else build_tokenizer(config, datasets))
 
-    torch.manual_seed(config.seed)
     model_config = MultimodalGPTConfig.for_tokenizer(tokenizer, image_size=config.image_size,
                                                      **config.model)
+    if config.data is not None:  # the shapes scenes' texts fit every preset's context
+        check_context(tokenizer, {k: datasets[k] for k in ("train", "test")}, model_config.context_length)
+    if not resume and rank == 0:
+        tokenizer.save(os.path.join(out_dir, TOKENIZER))
+    torch.manual_seed(config.seed)
     if ckpt or init:  # the one checkpoint reader: the model config this run asks for, or an error
         where = ckpt_path if resume else f"init_from={config.init_from}"
         model = MultimodalGPT.from_checkpoint(ckpt or init, model_config, where=where, fn="train")
@@ -692,10 +887,13 @@ def _start_run(config: TrainConfig, out_dir: str, resume, progress: bool, evalua
         del ckpt
     net = _wrap(model, device, world, config.compile)
 
-    datasets = build_datasets(config)
     workers = usable_workers(config.num_workers)
     train_data = datasets["train"]
     if config.render_once:
+        if len(train_data) * 3 * config.image_size ** 2 > RENDER_ONCE_BYTES:
+            raise ValueError(f"train: render_once would keep {len(train_data)} samples of "
+                             f"{config.image_size}x{config.image_size} pixels in memory, over 16 GiB; "
+                             f"pass --set render_once=false or a smaller image_size")
         train_data = RenderedPool(train_data, num_workers=workers, progress=progress and rank == 0)
     collate = Collate(tokenizer, task="auto", image_tokens=1,
                       max_length=model_config.context_length)
@@ -948,10 +1146,16 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmgpt.train",
-                                     description="Train a MultimodalGPT on the shapes scenes.")
+                                     description="Train a MultimodalGPT on the shapes scenes, "
+                                                 "or on a folder of your own images.")
     parser.add_argument("--preset", default=None,
-                        help=f"one of {sorted(PRESETS)} (default cpu; a resumed run "
-                             f"without --preset continues with the settings it was started with)")
+                        help=f"one of {sorted(PRESETS)} (default cpu, or folder with --data; a "
+                             f"resumed run without --preset continues with the settings it was "
+                             f"started with)")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="train on this folder of images (index.jsonl, index.json, or its own "
+                             "train/test files; see mmgpt.data.FolderDataset) instead of the "
+                             "shapes scenes; the same as --set data=PATH")
     parser.add_argument("--out", required=True, help="output folder (checkpoint, metrics)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--auto-resume", action="store_true",
@@ -965,12 +1169,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resuming = args.resume or (args.auto_resume and os.path.exists(ckpt_path))
     try:
         overrides = parse_overrides(args.set)
+        if args.data is not None:
+            overrides["data"] = args.data
         if resuming and args.preset is None:  # the run's own settings, and what --set changes
             values = config_dict(config_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path))
             model = dict(values.pop("model"), **overrides.pop("model", {}))
             config = TrainConfig(**dict(values, **overrides, model=model))
         else:
-            config = TrainConfig.from_preset(args.preset or "cpu", **overrides)
+            config = TrainConfig.from_preset(args.preset or ("folder" if args.data else "cpu"), **overrides)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     try:

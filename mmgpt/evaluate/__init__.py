@@ -20,6 +20,15 @@ placeholder, which generation never writes, is never the argmax here either).
 * ``caption``: exact match of the whole caption on test scenes;
 * ``majority`` and ``text_only``: the data's own baselines (:mod:`mmgpt.data`).
 
+For a folder of your own (``python -m mmgpt.train --data PATH``) there is no compositional
+split and no separate caption score: ``test`` is the folder's held-out side, captions and
+questions mixed as the folder has them, with captions as the family ``"caption"``; ``blank``
+is its questions and captions with a blank image; the baselines are computed from the
+folder's training side (or, when another folder is evaluated, from the run's training data).
+
+    python -m mmgpt.evaluate runs/mine                # the held-out side of the run's folder
+    python -m mmgpt.evaluate runs/mine --data other   # another folder (its test side, or all)
+
 Imports run one way: :mod:`mmgpt.train` uses this package to evaluate during a run, and
 this package's own modules use nothing of ``mmgpt.train``; the command line, which opens a
 training run's checkpoint, is :mod:`mmgpt.evaluate.__main__`, on top of both.
@@ -92,19 +101,25 @@ def accuracy_by_family(model, dataset, collate: Collate, device, *, batch_size: 
 
 
 def evaluate_splits(model, tokenizer, datasets: dict, device, collate: Collate) -> dict:
-    """The accuracies of :mod:`this module <mmgpt.evaluate>`'s docstring, as one dict."""
-    result = {
-        "test": accuracy_by_family(model, datasets["test"], collate, device),
-        "heldout": accuracy_by_family(model, datasets["heldout"], collate, device),
-        "blank": accuracy_by_family(model, datasets["test"], collate, device, blank=True),
-        "caption": accuracy_by_family(model, datasets["test"], collate, device,
-                                      task="caption")["all"],
-    }
+    """The accuracies of :mod:`this module <mmgpt.evaluate>`'s docstring, as one dict.
+    ``datasets`` holds ``test``, and ``train`` for the baselines; the shapes scenes' also
+    ``heldout`` (then captions are scored apart, on the test scenes); without ``train`` the
+    text-only baseline is left out."""
+    shapes = "heldout" in datasets
+    result = {"test": accuracy_by_family(model, datasets["test"], collate, device)}
+    if shapes:
+        result["heldout"] = accuracy_by_family(model, datasets["heldout"], collate, device)
+    result["blank"] = accuracy_by_family(model, datasets["test"], collate, device, blank=True)
+    if shapes:
+        result["caption"] = accuracy_by_family(model, datasets["test"], collate, device,
+                                               task="caption")["all"]
     if "baselines" not in datasets:  # computed once per run, from text only
-        train = datasets["train"].dataset if hasattr(datasets["train"], "dataset") else datasets["train"]
-        datasets["baselines"] = {"majority": majority_baseline(datasets["test"]),
-                                 "text_only": text_only_baseline(_Head(train, BASELINE_SAMPLES),
-                                                                 datasets["test"])}
+        datasets["baselines"] = {"majority": majority_baseline(datasets["test"])}
+        if "train" in datasets:
+            train = datasets["train"]
+            train = train.dataset if hasattr(train, "dataset") else train
+            datasets["baselines"]["text_only"] = text_only_baseline(_Head(train, BASELINE_SAMPLES),
+                                                                    datasets["test"])
     result.update(datasets["baselines"])
     return result
 
@@ -169,6 +184,8 @@ def plot_metrics(metrics, ax=None, title: Optional[str] = None):
     if evals:
         steps = [r["step"] for r in evals]
         for split, style in (("test", "-o"), ("heldout", "--s"), ("blank", ":^")):
+            if split not in evals[-1]:  # a folder's runs have no compositional split
+                continue
             ax[1].plot(steps, [r[split]["all"] for r in evals], style, ms=4, label=split)
         text_only = evals[-1].get("text_only", {})
         if text_only:
@@ -221,9 +238,10 @@ def plot_families(metrics, batch_size: int, ax=None, title: Optional[str] = None
 # --------------------------------------------------------------------------------------
 
 def format_table(result: dict) -> str:
-    """A plain-text table: one row per family, columns test / heldout / blank / baselines."""
+    """A plain-text table: one row per family, columns test / heldout / blank / baselines
+    (those the result has)."""
     families = [f for f in result["test"] if f != "all"] + ["all"]
-    cols = ["test", "heldout", "blank", "majority", "text_only"]
+    cols = [c for c in ("test", "heldout", "blank", "majority", "text_only") if c in result]
     lines = [f"{'family':10s}" + "".join(f"{c:>11s}" for c in cols)]
     for f in families:
         cells = []
@@ -231,5 +249,6 @@ def format_table(result: dict) -> str:
             value = result.get(c, {}).get(f)
             cells.append(f"{value:11.3f}" if value is not None else f"{'':>11s}")
         lines.append(f"{f:10s}" + "".join(cells))
-    lines.append(f"caption exact match: {result['caption']:.3f}")
+    if "caption" in result:
+        lines.append(f"caption exact match: {result['caption']:.3f}")
     return "\n".join(lines)
