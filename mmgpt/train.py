@@ -52,6 +52,9 @@ rest of the run (steps, batches, checkpoints, resume, metrics) is the same code:
   ``family`` (captions are the family ``"caption"``) on that side, with the baselines;
 * a text too long for the model's ``context_length`` is an error before training starts,
   naming its line and the lengths (:func:`check_context`): nothing is cut.
+* a bad line of the folder (its image missing, outside the folder or unreadable, a field
+  missing, ...) is an error that lists the bad lines; ``data_strict=False`` skips them with
+  one warning that counts them.
 
 The shapes settings (``num_objects``, ``families``, ``caption_fraction``, ``train_size``,
 ``eval_size``, ``tokenizer_corpus``) are not used with ``data``.
@@ -60,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -76,7 +80,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import integer, items, names, number, one_of
-from .data import Collate, FolderDataset, RenderedPool, ShapesDataset, caption_corpus
+from .data import Collate, FolderDataset, RenderedPool, ShapesDataset, caption_corpus, split_by_image
 from .evaluate import evaluate_splits
 from .loss import IGNORE_INDEX, cross_entropy
 from .model import MultimodalGPT, MultimodalGPTConfig, config_dict
@@ -143,6 +147,7 @@ class TrainConfig:
     # your own data, instead of the shapes scenes (see the module docstring)
     data: Optional[str] = None         # a folder FolderDataset reads, or its index file
     val_fraction: float = 0.1          # share of its images held out (unless it has train/test)
+    data_strict: bool = True           # False: skip the folder's bad lines, with one warning
 
     def __post_init__(self):
         fn = "TrainConfig"
@@ -152,7 +157,7 @@ class TrainConfig:
         for name in ("warmup_steps", "num_workers", "seed"):
             integer(getattr(self, name), name, fn, minimum=0)
         integer(self.image_size, "image_size", fn, minimum=1, maximum=MAX_IMAGE_SIZE)
-        for name in ("render_once", "compile"):  # spelled as JSON spells them: --set compile=true
+        for name in ("render_once", "compile", "data_strict"):  # spelled as JSON spells them: --set compile=true
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{fn}: {name} must be true or false, got {getattr(self, name)!r}")
         number(self.lr, "lr", fn)
@@ -328,22 +333,35 @@ class FolderTasks:
         return f"FolderTasks({self.folder!r}, samples={len(self)})"
 
 
-def read_folder(path, image_size: Optional[int] = None, split: Optional[str] = None,
-                holdout: float = 0.1, seed: int = 0) -> FolderDataset:
-    """The :class:`~mmgpt.data.FolderDataset` at ``path`` (a folder, or an index file in
-    one). ``split="train"``/``"test"``: the folder's own split if it brings one, else its
-    index split by image (a share ``holdout`` of the images, drawn by ``seed``).
-    ``split=None``: the folder's own ``test`` side if it has one, else its whole index (a
-    folder to evaluate on)."""
+def _own_split(root: str) -> bool:
+    """Does the folder bring its own split (``train``/``test`` files, see FolderDataset)?"""
+    return any(os.path.isfile(os.path.join(root, f"{side}{ext}"))
+               for side in ("train", "test") for ext in (".jsonl", ".json"))
+
+
+def read_folder(path, image_size: Optional[int] = None, *, holdout: Optional[float] = None,
+                seed: int = 0, strict: bool = True):
+    """The :class:`~mmgpt.data.FolderDataset` at ``path`` (a folder, or an index file in one).
+
+    ``holdout=None``: the data to evaluate on, the folder's own ``test`` side if it brings
+    one, else its whole index. ``holdout=f``: ``(train, test)``, the folder's own split if it
+    brings one, else its index read once and a share ``f`` of its images held out by
+    :func:`~mmgpt.data.split_by_image` (drawn by ``seed``; one image's lines never on both
+    sides). ``strict=False`` skips bad lines with one warning that counts them (else they
+    are one error that lists them)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"data: {path} does not exist (expected a folder of images "
                                 f"with an index, or the index file)")
     root, index = (path, None) if os.path.isdir(path) else (os.path.dirname(path), os.path.basename(path))
-    if split is None and index is None and any(os.path.isfile(os.path.join(root, f"test{ext}"))
-                                               for ext in (".jsonl", ".json")):
-        split = "test"
-    return FolderDataset(root, index, split=split, holdout=holdout, seed=seed, image_size=image_size)
+    own = index is None and _own_split(root)
+    read = functools.partial(FolderDataset, root, index, image_size=image_size, strict=strict)
+    if holdout is None:
+        return read(split="test" if own else None)
+    if own:
+        return read(split="train"), read(split="test")
+    whole = read()
+    return tuple(whole.subset(side) for side in split_by_image(whole, holdout, seed))
 
 
 def _folder_texts(dataset) -> List[str]:
@@ -403,9 +421,9 @@ def build_datasets(config: TrainConfig) -> Dict[str, object]:
     ``config.data``: the folder's ``train`` and ``test`` sides as :class:`FolderTasks`
     (its own split, or ``val_fraction`` of its images held out, drawn by ``seed``)."""
     if config.data is not None:
-        side = dict(image_size=config.image_size, holdout=config.val_fraction, seed=config.seed)
-        return {split: FolderTasks(read_folder(config.data, split=split, **side))
-                for split in ("train", "test")}
+        sides = read_folder(config.data, config.image_size, holdout=config.val_fraction,
+                            seed=config.seed, strict=config.data_strict)
+        return {"train": FolderTasks(sides[0]), "test": FolderTasks(sides[1])}
     common = dict(image_size=config.image_size, num_objects=config.num_objects,
                   families=config.families, seed=config.seed)
     return {
@@ -659,7 +677,7 @@ def evaluate_run(run, eval_size: Optional[int] = None, device="cpu", data=None
         if config.data is not None and own and _same_file(data, config.data, own["train"].folder.index):
             datasets = own  # the run's own folder: its held-out side, not the images it trained on
         else:
-            datasets = {"test": FolderTasks(read_folder(data, image_size=config.image_size)),
+            datasets = {"test": FolderTasks(read_folder(data, config.image_size, strict=config.data_strict)),
                         **{k: v for k, v in own.items() if k == "train"}}
     if data is not None or config.data is not None:
         check_context(tokenizer, {"test": datasets["test"]}, model.config.context_length, fn="evaluate")

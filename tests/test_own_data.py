@@ -119,6 +119,18 @@ def test_a_text_too_long_for_the_context_is_reported_before_training(folder, tmp
     assert not (out / "tokenizer.json").exists()
 
 
+def test_bad_lines_are_an_error_naming_them_or_with_data_strict_false_skipped(folder):
+    with open(os.path.join(folder, "index.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"image": "../outside.png", "caption": "out"}) + "\n")
+        f.write(json.dumps({"image": "missing.png", "caption": "gone"}) + "\n")
+    with pytest.raises(ValueError, match=r"2 bad line\(s\)(.|\n)*index\.jsonl:37: .*outside(.|\n)*index\.jsonl:38"):
+        tr.build_datasets(tiny(folder))
+    with pytest.warns(UserWarning, match=r"skipped 2 bad line\(s\)") as caught:
+        datasets = tr.build_datasets(tiny(folder, data_strict=False))
+    assert len(caught) == 1  # the index is read once, for both sides
+    assert len(datasets["train"]) + len(datasets["test"]) == 48
+
+
 # --------------------------------------------------------------------------------------
 # The commands, end to end
 # --------------------------------------------------------------------------------------
