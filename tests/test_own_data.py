@@ -153,6 +153,7 @@ def test_train_resume_evaluate_and_ask_on_a_folder(folder, tmp_path, capsys):
     # evaluate: the run's own folder means its held-out side; another folder all of it
     assert evaluate_main([str(out), "--data", folder, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test"] == last["test"]
+    assert tr.evaluate_run(out, data=os.path.join(folder, "index.jsonl"))[0]["test"] == last["test"]
     other = make_folder(tmp_path / "other", 6, start=100)
     assert evaluate_main([str(out), "--data", other]) == 0
     table = capsys.readouterr().out
