@@ -189,6 +189,17 @@ def test_a_model_is_never_read_with_another_tokenizer(folder, tmp_path):
             read()
 
 
+def test_a_run_whose_training_folder_is_gone_evaluates_elsewhere_without_baselines(tmp_path):
+    folder = make_folder(tmp_path / "squares", 8)
+    tr.train(tiny(folder, steps=1, eval_every=1, ckpt_every=1), tmp_path / "run", progress=False)
+    os.rename(folder, tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="squares does not exist"):
+        tr.evaluate_run(tmp_path / "run")
+    with pytest.warns(UserWarning, match="baselines are left out"):
+        result, _ = tr.evaluate_run(tmp_path / "run", data=tmp_path / "moved")
+    assert "text_only" not in result and set(result["test"]) == {"caption", "color", "all"}
+
+
 # --------------------------------------------------------------------------------------
 # Errors at the command lines
 # --------------------------------------------------------------------------------------
