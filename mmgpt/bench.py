@@ -198,7 +198,7 @@ def bench(config: TrainConfig, steps: int = 20, warmup: int = 5, device=None,
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     data = build_datasets(config)["train"]
     collate = Collate(tokenizer, task="auto", max_length=model_config.context_length)
-    batches = [collate([data[i] for i in step_indices(s, config)]) for s in range(4)]
+    batches = [collate([data[i] for i in step_indices(s, config, size=len(data))]) for s in range(4)]
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
                for b in batches]
     train_mode(model, config.freeze)
