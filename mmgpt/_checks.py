@@ -22,8 +22,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["describe", "is_int", "integer", "positive_int", "number", "probability", "boolean",
-           "one_of", "pair", "names", "tensor"]
+__all__ = ["describe", "is_int", "is_number", "on_host", "integer", "positive_int", "number",
+           "probability", "closed_probability", "boolean", "one_of", "pair", "names", "items",
+           "tensor", "shape", "same", "broadcast", "attention_mask", "IMAGES"]
 
 
 def describe(x) -> str:
