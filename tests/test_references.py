@@ -56,15 +56,24 @@ def term_targets():
             yield where, " ".join(name.split()).lower()
 
 
-def glossary_terms() -> list[str]:
-    """Every term line (headword, alias or Chinese name) of the glossary, in order."""
-    terms = []
+def glossary_entries() -> list[list[str]]:
+    """The glossary's entries, each as its term lines (headword first, then aliases and Chinese)."""
+    entries = []
     text = GLOSSARY.read_text(encoding="utf-8")
     for block in re.findall(r"```\{glossary\}\n(.*?)```", text, re.S):
+        terms: list[str] = []
         for line in block.split("\n"):
             if line.strip() and not line.startswith((" ", "\t", ":")):
                 terms.append(line.strip())
-    return terms
+            elif terms:
+                entries.append(terms)
+                terms = []
+    return entries
+
+
+def glossary_terms() -> list[str]:
+    """Every term line (headword, alias or Chinese name) of the glossary, in order."""
+    return [term for entry in glossary_entries() for term in entry]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +133,24 @@ def test_every_term_link_lands_on_a_glossary_headword():
     assert terms, "no glossary terms found in book/glossary.md"
     unknown = [f"{where}: {target!r}" for where, target in term_targets() if target not in terms]
     assert not unknown, "{term} links to words that are not in book/glossary.md: " + "; ".join(unknown)
+
+
+def test_no_heading_carries_a_citation_or_a_glossary_link():
+    found = [f"{where}: {line.strip()!r}" for where, text in reader_texts() for line in text.split("\n")
+             if re.match(r"\s{0,3}#{1,6}\s", line) and ("{term}" in line or "{cite" in line)]
+    assert not found, "headings link nothing (cite and link in the text below them): " + "; ".join(found)
+
+
+def test_each_page_links_a_glossary_entry_once_at_its_first_use():
+    entry_of = {term.lower(): entry[0] for entry in glossary_entries() for term in entry}
+    seen: dict[str, set] = collections.defaultdict(set)
+    repeated = []
+    for where, target in term_targets():
+        page, entry = where.split(" cell ")[0], entry_of.get(target, target)
+        if entry in seen[page]:
+            repeated.append(f"{where}: {entry!r}")
+        seen[page].add(entry)
+    assert not repeated, "link a glossary term at its first use on a page only: " + "; ".join(repeated)
 
 
 def test_the_references_page_prints_what_is_cited():
