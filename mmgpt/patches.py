@@ -288,7 +288,8 @@ class LearnedPositionEmbedding(nn.Module):
     """One learned vector per position, added to the tokens (ViT, CLIP, GPT-2).
 
     ``weight`` is ``(num_positions, dim)``, drawn from a normal distribution with
-    standard deviation 0.02 truncated at two standard deviations, as in ViT.
+    standard deviation 0.02, ViT's scale, and cut off at two standard deviations (ViT's
+    own is not cut off) so that no position starts far from the others.
     ``forward(x)`` adds its first ``N`` rows to ``x`` of shape ``(B, N, dim)`` (or
     ``(N, dim)``), ``N <= num_positions``. The model learns where things are only from
     data, and only for the positions it was trained with.
