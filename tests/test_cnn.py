@@ -440,3 +440,38 @@ def test_small_cnn_step_reads_no_values_on_the_host(pool, norm):
         out.sum().backward()
     assert out.shape == model.output_shape((2, 3, 33, 20))
     assert all(p.grad is not None for p in model.parameters())
+
+
+def _plain_input_gradient(blocks, train_mode):
+    """Norm of the gradient reaching the input of ``blocks`` used without their shortcut."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 16, 8, 8, generator=gen, dtype=DTYPE).requires_grad_(True)
+    h = x
+    for block in blocks:
+        h = F.relu(block.train(train_mode).residual(h))
+    upstream = torch.randn(h.shape, generator=gen, dtype=DTYPE) / h.numel() ** 0.5
+    (grad,) = torch.autograd.grad(h, x, upstream)
+    return grad.norm().item()
+
+
+def test_plain_stack_loses_the_gradient_only_with_default_init_and_fresh_eval_statistics():
+    """Chapter 02's claim: eight plain blocks (sixteen convolutions) lose the gradient with
+    PyTorch's default initialisation (a sixth of He's variance) and batch norm in eval mode on
+    fresh statistics (which normalises nothing); He initialisation, or batch norm in training
+    mode, keeps it. Vanishing gradients are a matter of scale, not what shortcuts are for."""
+    torch.manual_seed(0)
+    default = [ResidualBlock(16, 16).to(DTYPE) for _ in range(8)]
+    torch.manual_seed(0)
+    he = [ResidualBlock(16, 16).to(DTYPE) for _ in range(8)]
+    for block in he:
+        for conv in (block.conv1, block.conv2):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    fan_in = default[0].conv1.weight[0].numel()  # 16 channels x 3 x 3
+    for blocks, variance in ((default, 1 / (3 * fan_in)), (he, 2 / fan_in)):
+        weights = torch.cat([b.conv1.weight.flatten() for b in blocks])
+        assert 0.9 * variance < weights.var().item() < 1.1 * variance
+    collapsed = _plain_input_gradient(default, train_mode=False)
+    he_eval = _plain_input_gradient(he, train_mode=False)
+    default_train = _plain_input_gradient(default, train_mode=True)
+    assert collapsed < 1e-4 * min(he_eval, default_train), (collapsed, he_eval, default_train)
+    assert min(he_eval, default_train) > 0.1, (he_eval, default_train)
