@@ -2,10 +2,11 @@
 
 * :func:`majority_baseline`: per family, how often the most common answer is right. The
   answer-first sampling keeps this at chance (1/2 for yes/no, 1/3 for shapes, ...).
-* :func:`text_only_baseline`: the best a model could do *without looking at the image*:
-  the most common training answer for each exact question string (falling back to the
+* :func:`text_only_baseline`: what reading the question alone earns, *without looking at
+  the image*: the most common training answer for each exact question string (falling back to the
   family's most common answer for questions never seen in training), scored per family
-  on the test set. A multimodal model must beat this, family by family, or it has learned
+  on the test set. It is a bar to clear, not a bound (a cleverer text model could do a
+  little better); a multimodal model that does not beat it, family by family, has learned
   nothing from pixels.
 * :func:`caption_corpus`: captions, questions and answers of the book's data, the
   corpus for the BPE tokenizer and a tiny language model.
