@@ -47,7 +47,7 @@ from . import (
 from .book import show_source
 from .utils import get_device, seed_everything, setup
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "attention",
