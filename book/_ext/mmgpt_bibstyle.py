@@ -5,7 +5,8 @@ but pybtex's default labels in the list itself are alpha codes such as "[VSP+17]
 reader cannot match to the citation. This extension registers the formatting style
 ``mmgpt_author_year`` (``bibtex_default_style`` in _config.yml): pybtex's ``unsrt`` style with
 labels "Vaswani et al., 2017", sorted by author, year and title, and "2023a"/"2023b" where two
-entries would share a label.
+entries would share a label. An arXiv entry prints its arXiv id once, linked to the abstract
+page (its ``url``), instead of the same link twice.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections import Counter
 from pybtex.plugin import register_plugin
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
 from pybtex.style.labels import BaseLabelStyle
+from pybtex.style.template import optional, sentence
 
 
 def _last_name(person) -> str:
@@ -48,6 +50,13 @@ class AuthorYearLabelStyle(BaseLabelStyle):
 class AuthorYearStyle(UnsrtStyle):
     default_label_style = AuthorYearLabelStyle
     default_sorting_style = "author_year_title"
+
+    def format_web_refs(self, e):
+        # An arXiv entry's url is its abstract page: print the arXiv id once, linked there.
+        url = e.fields.get("url", "")
+        if e.fields.get("eprint") and url == f"https://arxiv.org/abs/{e.fields['eprint']}":
+            return sentence[optional[self.format_eprint(e)], optional[self.format_doi(e)]]
+        return super().format_web_refs(e)
 
 
 register_plugin("pybtex.style.formatting", "mmgpt_author_year", AuthorYearStyle)
