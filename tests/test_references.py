@@ -158,3 +158,19 @@ def test_the_references_page_prints_what_is_cited():
     assert "```{bibliography}" in page, "book/references.md must hold the bibliography directive"
     assert ":all:" not in page, \
         "book/references.md must print the cited works only (no :all:), so every entry is cited"
+
+
+def test_each_reference_prints_its_link_once():
+    """The book's pybtex style prints an arXiv id or DOI once, not again as a url beside it."""
+    import sys
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from mmgpt_bibstyle import AuthorYearStyle
+    entries = parse_file(str(BIB)).entries
+    twice = []
+    for entry in AuthorYearStyle().format_entries(entries.values()):
+        text = entry.text.render_as("text")
+        fields = entries[entry.key].fields
+        for field, prefix in (("eprint", "arxiv.org/abs/"), ("doi", "doi.org/")):
+            if fields.get(field) and text.count(fields[field]) > 1:
+                twice.append(f"{entry.key} ({prefix}{fields[field]})")
+    assert not twice, "printed twice: " + ", ".join(twice)

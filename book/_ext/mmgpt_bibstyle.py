@@ -5,8 +5,8 @@ but pybtex's default labels in the list itself are alpha codes such as "[VSP+17]
 reader cannot match to the citation. This extension registers the formatting style
 ``mmgpt_author_year`` (``bibtex_default_style`` in _config.yml): pybtex's ``unsrt`` style with
 labels "Vaswani et al., 2017", sorted by author, year and title, and "2023a"/"2023b" where two
-entries would share a label. An arXiv entry prints its arXiv id once, linked to the abstract
-page (its ``url``), instead of the same link twice.
+entries would share a label. A url that only repeats an entry's arXiv id or DOI is printed
+once, as that id, linked, instead of the same link twice.
 """
 from __future__ import annotations
 
@@ -52,9 +52,10 @@ class AuthorYearStyle(UnsrtStyle):
     default_sorting_style = "author_year_title"
 
     def format_web_refs(self, e):
-        # An arXiv entry's url is its abstract page: print the arXiv id once, linked there.
+        # A url that only repeats the arXiv id or the DOI is printed once, as that id, linked.
         url = e.fields.get("url", "")
-        if e.fields.get("eprint") and url == f"https://arxiv.org/abs/{e.fields['eprint']}":
+        eprint, doi = e.fields.get("eprint"), e.fields.get("doi")
+        if url in (f"https://arxiv.org/abs/{eprint}", f"https://doi.org/{doi}"):
             return sentence[optional[self.format_eprint(e)], optional[self.format_doi(e)]]
         return super().format_web_refs(e)
 
